@@ -1,0 +1,11 @@
+"""charlora: turn dialogue into a LoRA adapter that talks like one character.
+
+The data's journey, one module per stage:
+  dialogue.py  read a `Name:line` file into speaker/line records
+  prompt.py    the one place the `Name:line` prompt is built (training, evaluation, chat)
+  samples.py   records -> context-window samples ({"output", "input"})
+  tokens.py    samples -> input_ids / labels / attention_mask
+  models.py    find and load a base model (dtype, quantization, LoRA targets)
+  train.py     the training run that writes loras/<name>
+  generate.py  replies that stop where the character's line ends
+"""

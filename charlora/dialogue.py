@@ -1,0 +1,107 @@
+"""Stage 1: read a `Name:line` dialogue file into speaker/line records.
+
+Pure parsing lives in `parse_dialogue`; `read_dialogue_file` is the edge that
+touches the disk and decides the text encoding.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlora.errors import CharloraError
+
+
+@dataclass(frozen=True)
+class Line:
+    """One utterance (speaker set) or one narration / stage-direction line."""
+
+    speaker: str | None
+    text: str
+    # True when a blank line stood before it; kept so a later option can treat
+    # blank lines as the end of a conversation (by default they are not).
+    after_blank: bool = False
+
+
+# A speaker prefix: starts with a letter, then up to 39 letters, digits, spaces
+# or . ' - _ (so "Sir Toby Belch" and "Mr. Pickwick" work), then an ASCII or
+# full-width colon, with spaces allowed before it ("Bob :").  Anything else,
+# e.g. "(Enter VIOLA)" or a sentence with a colon late in it, is narration.
+_SPEAKER = re.compile(r"^(?P<name>[^\W\d_][\w .'\-]{0,39}?)\s*[:\uff1a](?P<text>.*)$")
+_MAX_NAME_WORDS = 5
+
+
+def parse_line(raw: str) -> Line | None:
+    """One physical line -> a Line, or None for a blank line."""
+    stripped = raw.strip()
+    if not stripped:
+        return None
+    match = _SPEAKER.match(stripped)
+    if match:
+        name = " ".join(match["name"].split())
+        text = match["text"].strip()
+        # "http://..." is a link, not a speaker called http.
+        if len(name.split()) <= _MAX_NAME_WORDS and not text.startswith("//"):
+            return Line(name, text)
+    return Line(None, stripped)
+
+
+def parse_dialogue(text: str) -> list[Line]:
+    """All non-blank lines of a dialogue text, in order.
+
+    Speaker lines with nothing after the colon carry no utterance and are
+    dropped.  Only \\n, \\r\\n and \\r end a line (str.splitlines would also split
+    on form feeds and Unicode separators that can sit inside a speech).
+    """
+    lines: list[Line] = []
+    blank_before = False
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = parse_line(raw)
+        if line is None:
+            blank_before = True
+            continue
+        if line.speaker is not None and not line.text:
+            continue
+        lines.append(Line(line.speaker, line.text, blank_before) if blank_before else line)
+        blank_before = False
+    return lines
+
+
+def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
+    """Bytes -> (text, encoding name).
+
+    UTF-8 (with or without BOM) is taken as is.  Anything else goes to
+    charset-normalizer; if it cannot name an encoding we stop with a clear error
+    rather than hand on guessed garbage.
+    """
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    import charset_normalizer
+
+    best = charset_normalizer.from_bytes(data).best()
+    if best is None or best.encoding is None:
+        raise CharloraError(
+            f"{source} is not UTF-8 and its encoding could not be detected; "
+            "save it as UTF-8 and try again"
+        )
+    return str(best), best.encoding
+
+
+def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
+    """Read and parse a dialogue file -> (lines, encoding)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CharloraError(f"dialogue file {path} not found (set it with --txtfilename/-t)") from None
+    except IsADirectoryError:
+        raise CharloraError(f"{path} is a folder, not a dialogue file") from None
+    except OSError as exc:
+        raise CharloraError(f"cannot read {path}: {exc.strerror}") from None
+    text, encoding = decode_dialogue(data, str(path))
+    lines = parse_dialogue(text)
+    if not lines:
+        raise CharloraError(f"{path} is empty: it needs lines like `Name:what they say`")
+    return lines, encoding

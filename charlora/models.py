@@ -1,0 +1,139 @@
+"""Stage 4: find a base model folder and load it for LoRA training or chat.
+
+Everything loads through AutoModelForCausalLM / AutoTokenizer from a local
+folder (no hub access, no trust_remote_code unless asked), so GPT-J/Pygmalion,
+GPT-NeoX/Pythia, OPT, LLaMA-family and GPT-2 all take the same path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from charlora.errors import CharloraError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+GET_DEFAULT_MODEL = "python get_default_model.py"
+
+# A model is loaded in 8-bit only when its 16-bit weights would take more than
+# this share of the memory it runs in: the rest is needed for activations,
+# LoRA optimizer state and the allocator.  8-bit trains about 2x slower
+# (LLM.int8 on CPU here: 3.4 s vs 1.5 s a step), so it is the fallback, not the
+# default.
+FIT_FRACTION = 0.6
+
+
+def resolve_dir(explicit: str | None, kind: str) -> tuple[Path, str | None]:
+    """`models`/`loras` folder: the flag if given, else `<kind>/`, else the
+    `user_data/<kind>/` that current text-generation-webui installs use.
+
+    Returns the folder and a note to print when the webui layout was picked.
+    """
+    if explicit:
+        return Path(explicit), None
+    plain, webui = Path(kind), Path("user_data") / kind
+    if not plain.exists() and webui.is_dir():
+        return webui, f"using {webui}/ (text-generation-webui layout)"
+    return plain, None
+
+
+def find_model(models_dir: Path, name: str) -> Path:
+    """The folder of model `name`, or an error that lists what is there."""
+    path = models_dir / name
+    if (path / "config.json").is_file():
+        return path
+    there = sorted(p.name for p in models_dir.iterdir() if (p / "config.json").is_file()) if models_dir.is_dir() else []
+    listing = f"models in {models_dir}/: {', '.join(there)}" if there else f"no models in {models_dir}/"
+    problem = f"{path} has no config.json" if path.is_dir() else f"model {name!r} not found"
+    return _raise(
+        f"{problem}; {listing}; get the default model with `{GET_DEFAULT_MODEL}` "
+        f"and train with `-m {DEFAULT_MODEL}`"
+    )
+
+
+def _raise(message: str):
+    raise CharloraError(message)
+
+
+def choose_quantization(requested: str, weights_16bit_bytes: int, memory_bytes: int | None) -> str:
+    """'8bit' / '4bit' / 'none'.  'auto' picks 8-bit only when 16-bit won't fit."""
+    if requested != "auto":
+        return requested
+    if memory_bytes is None or weights_16bit_bytes <= FIT_FRACTION * memory_bytes:
+        return "none"
+    return "8bit"
+
+
+def available_memory(device: str) -> int | None:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def count_parameters(config: Any) -> int:
+    """Exact parameter count without allocating weights (meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str):
+    """bf16 where the hardware has it (all recent CPUs via autocast, Ampere+
+    GPUs), fp16 on older GPUs, or what the user forces."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if requested != "auto":
+        return table[requested]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise CharloraError(f"the tokenizer in {path} has no end-of-sequence token; the character could not learn to stop")
+    if tokenizer.pad_token_id is None:
+        # GPT-2, GPT-J and LLaMA tokenizers ship without one.  Reusing EOS is
+        # safe: padding is masked out of attention and labels.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_code: bool = False):
+    """AutoModelForCausalLM from a local folder, optionally 8/4-bit (bitsandbytes)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    if device != "cpu" or quantization != "none":
+        kwargs["device_map"] = {"": device}
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CharloraError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None

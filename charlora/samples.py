@@ -1,0 +1,127 @@
+"""Stage 2: speaker/line records -> context-window samples.
+
+A sample is {"output": the character's line, "input": the `rounds` lines before
+it, then the character's `Name:` prompt}.  Key names and order match the files
+users already have, so old processed datasets stay usable.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from charlora.dialogue import Line
+from charlora.errors import CharloraError
+from charlora.prompt import build_prompt
+
+
+def build_samples(lines: Sequence[Line], name: str, rounds: int) -> list[dict[str, str]]:
+    """One sample per line spoken by `name`, with up to `rounds` lines of context.
+
+    Blank lines do not cut the context (the format's own sample continues one
+    conversation across a blank line); narration lines count as context lines.
+    """
+    if rounds < 0:
+        raise CharloraError(f"--rounds must be 0 or more, got {rounds}")
+    samples = []
+    for i, line in enumerate(lines):
+        if line.speaker == name:
+            context = lines[max(0, i - rounds) : i] if rounds else []
+            samples.append({"output": line.text, "input": build_prompt(context, name)})
+    return samples
+
+
+def speaker_counts(lines: Sequence[Line]) -> Counter[str]:
+    return Counter(line.speaker for line in lines if line.speaker is not None)
+
+
+def missing_speaker_message(name: str, counts: Counter[str], source: str) -> str:
+    """The error for a name with no lines: what was found and the closest match."""
+    if not counts:
+        return f"no `Name:line` dialogue lines in {source}; lines must look like `{name}:what they say`"
+    found = ", ".join(f"{speaker} ({n})" for speaker, n in counts.most_common(12))
+    if len(counts) > 12:
+        found += f", ... ({len(counts)} speakers)"
+    by_lower = {speaker.lower(): speaker for speaker in counts}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.5)
+    hint = f"; closest: {by_lower[close[0]]}" if close else ""
+    return f"no line by {name!r} in {source}; speakers found: {found}{hint}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    samples: int
+    speakers: int
+    mean_input_chars: float
+    mean_output_chars: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.samples} samples written; {self.speakers} speakers seen; "
+            f"mean context {self.mean_input_chars:.0f} chars, mean reply {self.mean_output_chars:.0f} chars"
+        )
+
+
+def summarize(samples: Sequence[dict[str, str]], counts: Counter[str]) -> Summary:
+    n = len(samples)
+    return Summary(
+        samples=n,
+        speakers=len(counts),
+        mean_input_chars=sum(len(s["input"]) for s in samples) / n if n else 0.0,
+        mean_output_chars=sum(len(s["output"]) for s in samples) / n if n else 0.0,
+    )
+
+
+def write_json_atomic(obj, path: str | Path) -> None:
+    """Write JSON to a temp file beside `path`, then rename over it.
+
+    A crash or full disk mid-write leaves the previous file intact instead of a
+    truncated one that the trainer would choke on later.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise CharloraError(f"cannot write {path}: it is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except FileNotFoundError:
+        raise CharloraError(f"cannot write {path}: folder {parent} does not exist") from None
+    except OSError as exc:
+        raise CharloraError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CharloraError(f"cannot write {path}: {exc.strerror}") from None
+        raise
+
+
+def load_samples(path: str | Path) -> list[dict[str, str]]:
+    """Read a processed dataset and check its shape, naming the first bad entry."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CharloraError(
+            f"dataset {path} not found; make it with `python prepare_dataset.py --name <character>`"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
+    if not isinstance(data, list) or not data:
+        raise CharloraError(f"{path} must be a non-empty JSON list of {{\"output\", \"input\"}} objects")
+    for i, item in enumerate(data):
+        if not (isinstance(item, dict) and isinstance(item.get("input"), str) and isinstance(item.get("output"), str)):
+            raise CharloraError(f"{path}: entry {i} is not an object with string \"input\" and \"output\"")
+    return data

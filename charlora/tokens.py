@@ -1,0 +1,50 @@
+"""Stage 3: samples -> token ids, labels and attention masks.
+
+The loss covers only the character's reply plus one end-of-sequence token, so
+the model learns what the character says *and* where the line ends; context
+tokens get the label -100 that PyTorch's cross-entropy ignores.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = -100
+
+# When a reply alone would fill cutoff_len, keep at least this many prompt
+# tokens (always including the closing `Name:`) so the model still sees whose
+# line it is writing.
+MIN_PROMPT_TOKENS = 16
+
+
+def encode_sample(tokenizer: Any, prompt: str, reply: str, cutoff_len: int) -> dict[str, list[int]]:
+    """Token ids for prompt + reply + EOS, cut to `cutoff_len` tokens.
+
+    Prompt and reply are tokenized separately: at chat time the prompt is
+    tokenized alone and the model continues it, so training must see the same
+    token boundary at `Name:`.  Truncation drops the *start* of the context
+    (keeping a leading BOS, if the tokenizer adds one) and keeps the whole
+    reply; only a reply longer than cutoff_len - MIN_PROMPT_TOKENS is cut, at
+    its end.
+    """
+    if cutoff_len < 2:
+        raise ValueError("cutoff_len must be at least 2")
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    reply_ids = list(tokenizer(reply, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+
+    bos = tokenizer.bos_token_id
+    lead = prompt_ids[:1] if bos is not None and prompt_ids[:1] == [bos] else []
+    body = prompt_ids[len(lead) :]
+
+    min_prompt = min(len(prompt_ids), MIN_PROMPT_TOKENS, cutoff_len - 1)
+    reply_ids = reply_ids[: cutoff_len - min_prompt]
+    body_budget = cutoff_len - len(reply_ids) - len(lead)
+    if body_budget <= 0:  # tiny cutoff: not even room for BOS and a prompt token
+        lead, body_budget = [], cutoff_len - len(reply_ids)
+    prompt_ids = lead + body[len(body) - body_budget :] if len(body) > body_budget else lead + body
+
+    input_ids = prompt_ids + reply_ids
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + reply_ids,
+    }
