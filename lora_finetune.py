@@ -1,0 +1,76 @@
+"""Train a LoRA adapter that makes a causal language model talk like one character.
+
+    python lora_finetune.py -m SmolLM2-135M-Instruct -e 4 -l toby
+
+Reads the processed dataset from prepare_dataset.py, loads models/<model_name>
+and writes loras/<lora_name>/ (adapter_config.json + adapter_model.safetensors),
+which loads with PeftModel.from_pretrained and in text-generation-webui.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from charlora.errors import CharloraError
+from charlora.train import TrainConfig
+
+D = TrainConfig()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The original tool's flags: names, short forms and defaults kept.
+    p.add_argument("-d", "--dataset_name", default=D.dataset_name, help="processed dataset (JSON) from prepare_dataset.py")
+    p.add_argument("-m", "--model_name", default=D.model_name, help="base model folder inside the models folder")
+    p.add_argument("-l", "--lora_name", default=D.lora_name, help="adapter folder name inside the loras folder")
+    p.add_argument("-b", "--batch_size", type=int, default=D.batch_size, help="samples per forward pass")
+    p.add_argument("-e", "--epochs", type=float, default=D.epochs, help="passes over the dataset")
+    p.add_argument("-c", "--cutoff_len", type=int, default=D.cutoff_len, help="longest sample in tokens (the start of long contexts is cut)")
+    p.add_argument("-r", "--lora_rank", type=int, default=D.lora_rank, help="LoRA rank")
+    # New flags.
+    p.add_argument("--lora_alpha", type=int, default=D.lora_alpha, help="LoRA scale numerator (scale = alpha / rank)")
+    p.add_argument("--lora_dropout", type=float, default=D.lora_dropout, help="dropout on the LoRA input")
+    p.add_argument("--learning_rate", "--lr", type=float, default=D.learning_rate, help="peak learning rate (measured: 1e-3 teaches the character to stop; 3e-4 did not)")
+    p.add_argument("--grad_accum", type=int, default=D.grad_accum, help="micro-batches per optimizer step")
+    p.add_argument("--warmup", type=float, default=D.warmup, help="linear warm-up, as a share of all optimizer steps")
+    p.add_argument("--target_modules", default=D.target_modules, help="'all-linear', 'default' (PEFT's per-architecture q/v map) or a comma list of module names")
+    p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default=D.quantization, help="auto: 16-bit when the model fits in memory, else 8-bit (8-bit trains ~2x slower)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default=D.dtype, help="auto: bf16 on CPU and recent GPUs, fp16 on older GPUs")
+    p.add_argument("--eval_split", type=float, default=D.eval_split, help="share of samples held out for an eval loss each epoch")
+    p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
+    p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
+    p.add_argument("--models_dir", default=D.models_dir, help="models folder (default: models/, or user_data/models/ of a text-generation-webui install)")
+    p.add_argument("--loras_dir", default=D.loras_dir, help="adapters folder (default: loras/, or user_data/loras/ of a text-generation-webui install)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of the same name (only once training succeeded)")
+    p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
+    p.add_argument("--sample_replies", type=int, default=D.sample_replies, help="greedy replies to print after training")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    from charlora.train import train
+
+    try:
+        result = train(cfg)
+    except CharloraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; no adapter was written (an existing one is untouched)", file=sys.stderr)
+        return 130
+    loss = f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss logged"
+    if result.eval_loss is not None:
+        loss += f", eval loss {result.eval_loss:.3f}"
+    print(f"saved {result.adapter_dir} after {result.optimizer_steps} steps in {result.seconds:.0f} s; {loss}")
+    for prompt, reply, eos in result.samples:
+        who = prompt.rsplit("\n", 1)[-1]
+        print(f"  ...{prompt[-120:]!r}\n  -> {who}{reply}{'' if eos else '   [no end-of-sequence]'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
