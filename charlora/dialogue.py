@@ -67,6 +67,14 @@ def parse_dialogue(text: str) -> list[Line]:
     return lines
 
 
+_LATIN_CODEPAGES = {
+    "cp1250", "cp1252", "cp1254", "cp1257", "latin_1", "iso8859_2", "iso8859_9", "iso8859_15",
+    "mac_roman", "mac_latin2", "mac_iceland", "mac_turkish", "hp_roman8", "cp775", "cp850", "cp437",
+}
+_CENTRAL_EUROPEAN = {"Polish", "Czech", "Slovak", "Hungarian", "Croatian", "Slovene", "Romanian",
+                     "Lithuanian", "Latvian", "Estonian", "Turkish"}
+
+
 def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
     """Bytes -> (text, encoding name).
 
@@ -86,6 +94,15 @@ def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
             f"{source} is not UTF-8 and its encoding could not be detected; "
             "save it as UTF-8 and try again"
         )
+    if best.encoding in _LATIN_CODEPAGES and best.language not in _CENTRAL_EUROPEAN:
+        # On short Western text the detector cannot tell the Latin code pages
+        # apart (it read French cp1252 as Baltic cp1257); cp1252, what Windows
+        # editors write, is by far the likeliest and a superset of Latin-1's
+        # printable range.
+        try:
+            return data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError:
+            pass
     return str(best), best.encoding
 
 

@@ -128,9 +128,6 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     import time
 
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
-
     from charlora import models
     from charlora.samples import load_samples
 
@@ -156,6 +153,12 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     model_path = models.find_model(models_dir, cfg.model_name)
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite)
     target_modules = resolve_target_modules(cfg.target_modules)
+
+    # Only now, after the checks of the user's own input: importing the
+    # training stack takes seconds and can log library warnings (bitsandbytes
+    # on some CPUs) that would come before a one-line error.
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     set_seed(cfg.seed)
     device = models.pick_device()

@@ -1,0 +1,207 @@
+"""Shared fixtures: tiny tokenizers and tiny models built in-process (no hub).
+
+Everything here is deterministic and fast: a byte-level BPE of ~400 tokens is
+trained on the first few hundred lines of data/twelfth-night.txt (< 1 s), and
+each model family is a 2-layer, 48-wide model built from its config with a
+fixed seed, saved with save_pretrained into `<tmp>/models/<family>` so that
+lora_finetune.main finds it by folder name.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_TEXT = REPO / "data" / "twelfth-night.txt"
+TOKENIZER_LINES = 300
+VOCAB_SIZE = 400
+
+# The model families the product must support (models.py: "GPT-J/Pygmalion,
+# GPT-NeoX/Pythia, OPT, LLaMA-family and GPT-2 all take the same path") and the
+# tokenizer flavour each one ships with in the wild.
+FAMILY_TOKENIZER = {
+    "gpt2": "gpt2-like",
+    "gptj": "gpt2-like",
+    "gpt_neox": "gpt2-like",
+    "opt": "gpt2-like",
+    "llama": "llama-like",
+}
+FAMILIES = list(FAMILY_TOKENIZER)
+
+# Every linear layer but the output head, as PEFT's "all-linear" names them in
+# adapter_config.json's target_modules, per family.
+ALL_LINEAR_TARGETS = {
+    "gpt2": {"c_attn", "c_proj", "c_fc"},
+    "gptj": {"q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"},
+    "gpt_neox": {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"},
+    "opt": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"},
+    "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+}
+# Names that exist only in the MLP block of each family (not in attention).
+MLP_ONLY_MODULES = {
+    "gpt2": {"c_fc"},
+    "gptj": {"fc_in", "fc_out"},
+    "gpt_neox": {"dense_h_to_4h", "dense_4h_to_h"},
+    "opt": {"fc1", "fc2"},
+    "llama": {"gate_proj", "up_proj", "down_proj"},
+}
+
+HIDDEN = 48
+HEADS = 4
+LAYERS = 2
+MAX_POSITIONS = 512
+MODEL_SEED = 1234
+# Wider than the usual 0.02: with a frozen, tied 48-wide head and a final layer
+# norm, logits from 0.02-scale embeddings span only about +-1, so no adapter
+# could push the loss far below ln(vocab).  At 0.2 a LoRA run of 24 steps takes
+# the loss from ~6.5 to 10-36 % of it on every family.
+INIT_RANGE = 0.2
+
+
+def pytest_configure(config):
+    """One intra-op thread: these models are tiny, and with 2 threads on a
+    2-core machine that is also running something else, PyTorch's spinning
+    workers made a 24-step run take 45 s instead of under 1 s."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _training_lines() -> list[str]:
+    lines = [l.strip() for l in TOKENIZER_TEXT.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return lines[:TOKENIZER_LINES]
+
+
+def build_tiny_tokenizer(flavour: str):
+    """A PreTrainedTokenizerFast with a freshly trained byte-level BPE.
+
+    gpt2-like: eos "<|endoftext|>", no pad, no BOS added.
+    llama-like: bos "<s>" prepended to every encoding, eos "</s>", no pad.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if flavour == "gpt2-like":
+        specials = ["<|endoftext|>"]
+    elif flavour == "llama-like":
+        specials = ["<unk>", "<s>", "</s>"]
+    else:
+        raise ValueError(f"unknown tokenizer flavour {flavour!r}")
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_lines(), trainer=trainer)
+
+    if flavour == "gpt2-like":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                       unk_token="<|endoftext|>")
+    else:
+        bos_id = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert fast.pad_token is None
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizers() -> dict:
+    """{"gpt2-like": tokenizer, "llama-like": tokenizer}, built once per session."""
+    return {flavour: build_tiny_tokenizer(flavour) for flavour in ("gpt2-like", "llama-like")}
+
+
+def tiny_config(family: str, tokenizer):
+    """A 2-layer config of `family` sized to the tokenizer."""
+    from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, OPTConfig
+
+    vocab = len(tokenizer)
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    common = {"vocab_size": vocab, "eos_token_id": eos, "bos_token_id": bos}
+    if family == "opt":
+        common["init_std"] = INIT_RANGE
+    else:
+        common["initializer_range"] = INIT_RANGE
+    if family == "gpt2":
+        return GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=MAX_POSITIONS, **common)
+    if family == "gptj":
+        return GPTJConfig(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=MAX_POSITIONS, rotary_dim=8, **common)
+    if family == "gpt_neox":
+        return GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                             intermediate_size=4 * HIDDEN, max_position_embeddings=MAX_POSITIONS, rotary_pct=0.25,
+                             **common)
+    if family == "opt":
+        return OPTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, ffn_dim=4 * HIDDEN,
+                         word_embed_proj_dim=HIDDEN, max_position_embeddings=MAX_POSITIONS,
+                         pad_token_id=eos, **common)
+    if family == "llama":
+        return LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                           num_key_value_heads=2, intermediate_size=2 * HIDDEN,
+                           max_position_embeddings=MAX_POSITIONS, **common)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def save_tiny_model(family: str, tokenizer, dir: Path) -> Path:
+    """Build a seeded tiny `family` model and save it with the tokenizer into `dir`/family.
+
+    `dir` is the models folder; returns the model folder.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(MODEL_SEED)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, tokenizer), dtype=torch.float32)
+    out = Path(dir) / family
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    assert (out / "config.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, tiny_tokenizers) -> Path:
+    """`<tmp>/models` holding one tiny model per family (built once per session)."""
+    root = tmp_path_factory.mktemp("charlora") / "models"
+    root.mkdir()
+    for family in FAMILIES:
+        save_tiny_model(family, tiny_tokenizers[FAMILY_TOKENIZER[family]], root)
+    return root
+
+
+# A short dialogue: Bob answers in a few fixed shapes so a tiny model can learn
+# his replies within ~25 optimizer steps.
+TINY_DIALOGUE = "\n".join(
+    line
+    for i in range(16)
+    for line in (
+        f"Alice:Good morning, Bob. How many apples today?",
+        f"Bob:I have {['one', 'two', 'three', 'four'][i % 4]} apples for you, Alice.",
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A processed dataset JSON (16 samples of {"output", "input"}) built by charlora itself."""
+    from charlora.dialogue import parse_dialogue
+    from charlora.samples import build_samples
+
+    samples = build_samples(parse_dialogue(TINY_DIALOGUE), "Bob", rounds=2)
+    assert len(samples) == 16
+    assert samples[1] == {
+        "output": "I have two apples for you, Alice.",
+        "input": "Bob:I have one apples for you, Alice.\nAlice:Good morning, Bob. How many apples today?\nBob:",
+    }
+    path = tmp_path_factory.mktemp("data") / "processed_dataset.json"
+    path.write_text(json.dumps(samples, indent=2), encoding="utf-8")
+    return path
