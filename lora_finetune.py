@@ -46,6 +46,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of the same name (only once training succeeded)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
     p.add_argument("--sample_replies", type=int, default=D.sample_replies, help="greedy replies to print after training")
+    p.add_argument("--export_character", action="store_true", help="also write <Name>.yaml to the webui characters folder (characters/ or user_data/characters/)")
+    p.add_argument("--characters_dir", default=D.characters_dir, help="where --export_character writes")
+    p.add_argument("--merge", action="store_true", help="also save base + adapter merged as models/<model_name>-<lora_name> for tools that can't load adapters")
     return p
 
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.eval_loss is not None:
         loss += f", eval loss {result.eval_loss:.3f}"
     print(f"saved {result.adapter_dir} after {result.optimizer_steps} steps in {result.seconds:.0f} s; {loss}")
+    for path in result.exported:
+        print(f"wrote {path}")
     for prompt, reply, eos in result.samples:
         who = prompt.rsplit("\n", 1)[-1]
         print(f"  ...{prompt[-120:]!r}\n  -> {who}{reply}{'' if eos else '   [no end-of-sequence]'}")

@@ -64,6 +64,11 @@ class TrainConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     sample_replies: int = 2
+    export_character: bool = False
+    """Also write <Name>.yaml into the webui characters folder (a copy is always in the adapter folder)."""
+    characters_dir: str | None = None
+    merge: bool = False
+    """Also save base + adapter merged as a full model folder models/<base>-<lora>."""
     """Greedy replies to print after training, from held-out (or last) prompts."""
 
 
@@ -77,6 +82,7 @@ class TrainResult:
     eval_loss: float | None = None
     seconds: float = 0.0
     samples: list[tuple[str, str, bool]] = field(default_factory=list)
+    exported: list[Path] = field(default_factory=list)
 
 
 class ReplyOnlyHead:
@@ -187,7 +193,7 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     import time
 
-    from charlora import models
+    from charlora import adapter, models
     from charlora.samples import load_samples
 
     if cfg.cutoff_len < 8:
@@ -211,13 +217,16 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         log(note)
     model_path = models.find_model(models_dir, cfg.model_name)
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite)
+    merge_dest = models_dir / f"{cfg.model_name}-{cfg.lora_name}" if cfg.merge else None
+    if merge_dest is not None and merge_dest.exists():
+        raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")
     target_modules = resolve_target_modules(cfg.target_modules)
 
     # Only now, after the checks of the user's own input: importing the
     # training stack takes seconds and can log library warnings (bitsandbytes
     # on some CPUs) that would come before a one-line error.
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     set_seed(cfg.seed)
     device = models.pick_device()
@@ -297,22 +306,36 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     log(f"training on {len(data)} samples ({len(eval_data) if eval_data is not None else 0} held out), "
         f"{total_steps} optimizer steps of {cfg.batch_size}x{cfg.grad_accum} samples")
     start = time.time()
-    trainer.train()
+    try:
+        trainer.train()
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-written stays behind
+        raise
     seconds = time.time() - start
 
     history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    eval_loss = next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None)
+    logged = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    losses = [loss for _, loss in logged]
+    eval_loss = evals[-1][1] if evals else None
 
     reply_head.handle.remove()
     model.save_pretrained(work_dir)
     result = TrainResult(dest, len(data), len(eval_data) if eval_data is not None else 0, trainer.state.global_step,
                          losses, eval_loss, seconds)
-    record = {"config": asdict(cfg), "base_model": str(model_path), "quantization": quant,
-              "dtype": str(dtype).removeprefix("torch."), "train_samples": result.train_samples,
-              "eval_samples": result.eval_samples, "optimizer_steps": result.optimizer_steps,
-              "train_losses": losses, "eval_loss": eval_loss, "train_seconds": round(seconds, 1)}
+    character = adapter.character_name(samples)
+    record = {"config": asdict(cfg), "base_model": str(model_path), "adapter_dir": str(dest), "character": character,
+              "quantization": quant, "dtype": str(dtype).removeprefix("torch."),
+              "train_samples": result.train_samples, "eval_samples": result.eval_samples,
+              "optimizer_steps": result.optimizer_steps, "train_losses": losses,
+              "train_loss_steps": [step for step, _ in logged], "eval_losses": evals, "eval_loss": eval_loss,
+              "train_seconds": round(seconds, 1)}
     (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    record["train_losses"] = logged
+    adapter.write_card(work_dir, record)
+    adapter.plot_losses(work_dir, logged, evals)
+    card = adapter.character_card(character, samples)
+    adapter.write_character(work_dir / f"{character}.yaml", card)
     for extra in ("runs",):
         shutil.rmtree(work_dir / extra, ignore_errors=True)
     # Swap in the finished folder only now: an interrupted run leaves the
@@ -325,6 +348,14 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         shutil.rmtree(old, ignore_errors=True)
     else:
         work_dir.rename(dest)
+
+    if cfg.export_character:
+        characters_dir, _ = models.resolve_dir(cfg.characters_dir, "characters")
+        adapter.write_character(characters_dir / f"{character}.yaml", card)
+        result.exported.append(characters_dir / f"{character}.yaml")
+    if merge_dest is not None:
+        adapter.merge_into_model(model_path, dest, merge_dest, dtype)
+        result.exported.append(merge_dest)
 
     if show:
         from charlora.generate import generate_reply

@@ -1,0 +1,84 @@
+"""What lora_finetune.py writes beside the weights: card, loss curve,
+webui character file, and the merged model."""
+import json
+
+import pytest
+import torch
+import yaml
+
+import lora_finetune
+from charlora.adapter import character_card, character_name
+
+PROMPT = "Alice:Good morning, Bob. How many apples today?\nBob:"
+
+
+def test_character_name_and_card_are_exact():
+    samples = [{"output": "I have two apples for you, Alice.", "input": "Alice:Hi?\nBob:"},
+               {"output": "Yes.", "input": "Bob:"},
+               {"output": "Long long reply here.", "input": "Alice:Good morning.\nBob:Hello.\nAlice:Apples?\nBob:"}]
+    assert character_name(samples) == "Bob"
+    assert character_card("Bob", samples, examples=2) == {
+        "name": "Bob",
+        "greeting": "Yes.",
+        "context": "The following is a conversation with Bob, who speaks as in these examples.\n\n"
+                   "Alice:Good morning.\nBob:Hello.\nAlice:Apples?\nBob:Long long reply here.\n\n"
+                   "Alice:Hi?\nBob:I have two apples for you, Alice.\n",
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(models_dir, tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapter")
+    rc = lora_finetune.main([
+        "-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(root / "loras"), "-d", str(tiny_dataset),
+        "-l", "bob", "-b", "4", "-e", "2", "--grad_accum", "1", "--learning_rate", "1e-2", "--dtype", "fp32",
+        "-r", "8", "--sample_replies", "0", "--eval_split", "0.25", "--export_character",
+        "--characters_dir", str(root / "characters"), "--merge",
+    ])
+    assert rc == 0
+    yield root
+    import shutil
+
+    shutil.rmtree(models_dir / "llama-bob", ignore_errors=True)  # the merge lands beside the base model
+
+
+def test_card_names_everything_a_person_needs(trained, models_dir):
+    adapter = trained / "loras" / "bob"
+    card = (adapter / "README.md").read_text()
+    record = json.loads((adapter / "charlora_config.json").read_text())
+    assert record["character"] == "Bob" and record["train_samples"] == 12 and record["eval_samples"] == 4
+    assert "a LoRA adapter that talks like Bob" in card
+    assert f"Base model: `{models_dir / 'llama'}`" in card
+    assert "12 training samples, 4 held out" in card
+    assert "| `lora_rank` | `8` |" in card and "| `learning_rate` | `0.01` |" in card
+    assert f"Eval loss: {record['eval_loss']:.3f}" in card
+    assert (adapter / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_character_file_in_adapter_and_characters_folder(trained, tiny_dataset):
+    samples = json.loads(tiny_dataset.read_text())
+    expected = character_card("Bob", samples)
+    for path in (trained / "loras" / "bob" / "Bob.yaml", trained / "characters" / "Bob.yaml"):
+        assert yaml.safe_load(path.read_text()) == expected
+
+
+def test_merged_model_matches_base_plus_adapter(trained, models_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models_dir / "llama")
+    enc = tok(PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        peft_logits = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models_dir / "llama"),
+                                                trained / "loras" / "bob")(**enc).logits
+        merged_logits = AutoModelForCausalLM.from_pretrained(models_dir / "llama-bob")(**enc).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(models_dir / "llama")(**enc).logits
+    assert (peft_logits - base_logits).abs().max() > 1e-3
+    torch.testing.assert_close(merged_logits, peft_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_refuses_to_overwrite(trained, models_dir, tiny_dataset, capsys):
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(trained / "loras"),
+                             "-d", str(tiny_dataset), "-l", "bob", "--overwrite", "--merge"])
+    assert rc == 2
+    assert "llama-bob already exists" in capsys.readouterr().err
