@@ -1,0 +1,400 @@
+"""chat.py: stop rules, prompts from history, context trimming, /save and /load,
+adapter checks, and replies through chat.main on a tiny llama + tiny adapter."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import chat
+import lora_finetune
+from charlora.chat import (ChatSession, ReplyStreamer, Settings, cut_reply, fit_context, handle_command,
+                           load_history, stream_safe)
+from charlora.dialogue import Line
+from charlora.errors import CharloraError
+from charlora.prompt import build_prompt
+from conftest import save_tiny_model
+
+ASK = "Good morning, Bob. How many apples today?"
+TRAINED = {f"I have {n} apples for you, Alice." for n in ("one", "two", "three", "four")}
+
+# ------------------------------------------------------------- stop rules
+
+
+@pytest.mark.parametrize(
+    "text, eos, expected",
+    [
+        ("I have two apples.", True, ("I have two apples.", "eos")),
+        (" I have two", False, ("I have two", "length")),
+        ("Yes, sir.\nAlice:No", False, ("Yes, sir.", "newline")),
+        ("Yes, sir. \r\nmore", True, ("Yes, sir.", "newline")),
+        ("Yes.\rmore", False, ("Yes.", "newline")),
+        ("Sure. Alice: no", False, ("Sure.", "speaker")),
+        ("Sure. Alice : no", False, ("Sure.", "speaker")),
+        ("Sure.Alice:no", False, ("Sure.", "speaker")),
+        ("Aye\uff1a Sir Toby\uff1a no", False, ("Aye\uff1a", "speaker")),
+        ("Alice:Hello", False, ("", "speaker")),
+        ("Fine. Alice: x\nBob: y", False, ("Fine.", "speaker")),
+        ("Fine.\nAlice: x", True, ("Fine.", "newline")),
+        ("\nHello", False, ("", "newline")),
+        # Not a stop: a name glued to a word, an unknown name, the character's own name.
+        ("Malice: a word", True, ("Malice: a word", "eos")),
+        ("Note: the apples", True, ("Note: the apples", "eos")),
+        ("I am Bob: the baker", True, ("I am Bob: the baker", "eos")),
+    ],
+)
+def test_cut_reply(text, eos, expected):
+    assert cut_reply(text, "Bob", ["Alice", "Bob", "Sir Toby"], eos=eos) == expected
+
+
+@pytest.mark.parametrize(
+    "partial, shown",
+    [
+        (" Hello wor", "Hello wor"),
+        ("Hello ", "Hello"),
+        ("caf\ufffd", "caf"),  # half a UTF-8 character
+        ("Sure. A", "Sure."),
+        ("Sure. Alic", "Sure."),
+        ("Sure. Alice ", "Sure."),
+        ("Sure. Alice: no", "Sure."),
+        ("Sure.\nmore", "Sure."),
+        ("Malic", "Malic"),  # glued to a word: cannot become a stop
+        ("I have Bo", "I have Bo"),  # the character's own name is no stop
+    ],
+)
+def test_stream_safe_holds_back_what_may_become_a_stop(partial, shown):
+    assert stream_safe(partial, "Bob", ["Alice"]) == shown
+
+
+@pytest.mark.parametrize("full", ["Sure. Alice: no", "Well, Alice said so.\nAlice:x", " One two  three ", "Ali"])
+def test_streamed_text_is_always_a_prefix_of_the_final_reply(full):
+    final, _ = cut_reply(full, "Bob", ["Alice"])
+    for i in range(len(full) + 1):
+        assert final.startswith(stream_safe(full[:i], "Bob", ["Alice"])), full[:i]
+
+
+def test_streamer_prints_up_to_the_cut(tiny_tokenizers):
+    tok = tiny_tokenizers["llama-like"]
+    ids = tok("Sure, my lady. Alice:no\nAlice:", add_special_tokens=False)["input_ids"]
+    import torch
+
+    out = io.StringIO()
+    streamer = ReplyStreamer(tok, "Bob", ["Alice"], out)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.finish("Sure, my lady.")
+    assert out.getvalue() == "Sure, my lady.\n"
+
+
+# ------------------------------------------------------ prompts and history
+
+HISTORY = [
+    Line("Alice", "Hi."),
+    Line("Bob", "Hello, Alice."),
+    Line(None, "(Enter Carol)"),
+    Line("Carol", "What news?"),
+    Line("Alice", "How many apples?"),
+    Line("Bob", "Two."),
+    Line("Alice", "Only two?"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_tokenizers):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    from conftest import tiny_config
+
+    return AutoModelForCausalLM.from_config(tiny_config("llama", tiny_tokenizers["llama-like"])).eval()
+
+
+def session(tiny_llama, tiny_tokenizers, **kw) -> ChatSession:
+    s = ChatSession(tiny_llama, tiny_tokenizers["llama-like"], Settings("Bob", "Alice", **kw))
+    s.history = list(HISTORY)
+    return s
+
+
+def test_prompt_is_build_prompt_over_the_last_rounds_lines(tiny_llama, tiny_tokenizers):
+    s = session(tiny_llama, tiny_tokenizers, rounds=5)
+    assert s.prompt() == build_prompt(HISTORY[-5:], "Bob")
+    assert s.prompt() == "(Enter Carol)\nCarol:What news?\nAlice:How many apples?\nBob:Two.\nAlice:Only two?\nBob:"
+    assert session(tiny_llama, tiny_tokenizers, rounds=0).prompt() == "Bob:"
+    assert session(tiny_llama, tiny_tokenizers, rounds=50).prompt() == build_prompt(HISTORY, "Bob")
+
+
+def test_fit_context_drops_oldest_lines_first():
+    count = len  # one "token" per character
+    assert fit_context(HISTORY, "Bob", 5, count, None) == HISTORY[-5:]
+    # "Bob:Two.\nAlice:Only two?\nBob:" is 29 characters; one line more is 52.
+    assert fit_context(HISTORY, "Bob", 5, count, 29) == HISTORY[-2:]
+    assert fit_context(HISTORY, "Bob", 5, count, 51) == HISTORY[-2:]
+    assert fit_context(HISTORY, "Bob", 5, count, 52) == HISTORY[-3:]
+    assert fit_context(HISTORY, "Bob", 5, count, 3) == []
+
+
+def test_session_prompt_fits_the_model_context(tiny_llama, tiny_tokenizers):
+    tok = tiny_tokenizers["llama-like"]
+    n_tokens = lambda lines: len(tok(build_prompt(lines, "Bob"))["input_ids"])
+    # The tiny llama reads 512 positions; leave room for the newest 3 lines only.
+    budget = n_tokens(HISTORY[-3:])
+    assert n_tokens(HISTORY[-4:]) > budget
+    s = session(tiny_llama, tiny_tokenizers, rounds=5, max_new_tokens=512 - budget)
+    assert s.budget == budget
+    assert s.prompt() == build_prompt(HISTORY[-3:], "Bob")
+    assert len(tok(s.prompt())["input_ids"]) <= budget
+    # A line that cannot fit at all is refused, not silently dropped.
+    with pytest.raises(CharloraError, match=f"at most {budget} tokens"):
+        s.say("apples " * 200)
+    assert s.history == HISTORY
+
+
+def test_save_then_load_round_trips(tiny_llama, tiny_tokenizers, tmp_path):
+    s = session(tiny_llama, tiny_tokenizers)
+    s.history.append(Line("Alice", "Caf\u00e9 \u00e0 la cr\u00e8me?"))
+    saved = list(s.history)
+    log = []
+    path = tmp_path / "chat.json"
+    handle_command(s, f"/save {path}", log.append)
+    assert json.loads(path.read_text(encoding="utf-8"))[:3] == [
+        {"speaker": "Alice", "text": "Hi."}, {"speaker": "Bob", "text": "Hello, Alice."},
+        {"speaker": None, "text": "(Enter Carol)"}]
+    handle_command(s, "/reset", log.append)
+    assert s.history == []
+    handle_command(s, f"/load {path}", log.append)
+    assert s.history == saved
+    assert log == [f"(saved 8 lines to {path})", "(conversation cleared)", f"(loaded 8 lines from {path})"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{}", "must be a JSON list"),
+    ('[{"speaker": "Alice"}]', "entry 0 is not an object"),
+    ('[{"speaker": 3, "text": "x"}]', "entry 0 is not an object"),
+    ("[", "is not valid JSON"),
+])
+def test_load_refuses_bad_files(content, message, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(CharloraError, match=message):
+        load_history(bad)
+    with pytest.raises(CharloraError, match="not found"):
+        load_history(tmp_path / "nope.json")
+
+
+# --------------------------------------------------- through chat.main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_tokenizers, tiny_dataset):
+    """models/{llama, llama_wide} and loras/t: an adapter trained for 24 steps on llama."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from conftest import tiny_config
+
+    root = tmp_path_factory.mktemp("chat")
+    models, loras = root / "models", root / "loras"
+    tok = tiny_tokenizers["llama-like"]
+    save_tiny_model("llama", tok, models)
+    # The same architecture at another size: hidden 64 instead of 48.
+    wide = LlamaConfig(**{**tiny_config("llama", tok).to_dict(), "hidden_size": 64, "head_dim": 16})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(wide).save_pretrained(models / "llama_wide")
+    tok.save_pretrained(models / "llama_wide")
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models), "--loras_dir", str(loras),
+                             "-d", str(tiny_dataset), "-l", "t", "-b", "4", "-e", "6", "--grad_accum", "1",
+                             "--learning_rate", "1e-2", "--sample_replies", "0", "--dtype", "fp32", "-r", "8"])
+    assert rc == 0
+    return models, loras
+
+
+def chat_args(trained, *extra, model="llama"):
+    models, loras = trained
+    return ["-m", model, "--models_dir", str(models), "--loras_dir", str(loras), "-n", "Bob", "-u", "Alice",
+            "--dtype", "fp32", "--quantization", "none", *extra]
+
+
+def run_chat(capsys, argv, stdin_text=None, monkeypatch=None):
+    if stdin_text is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin_text))
+    rc = chat.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def reference_reply(trained, prompt):
+    """What plain greedy generate (no stop criteria) gives, cut afterwards."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models, loras = trained
+    tok = AutoTokenizer.from_pretrained(models / "llama")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models / "llama"), loras / "t").eval()
+    enc = tok(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**enc, max_new_tokens=120, do_sample=False, repetition_penalty=1.1,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    new = ids[0, enc["input_ids"].shape[1]:].tolist()
+    eos = tok.eos_token_id in new
+    new = new[: new.index(tok.eos_token_id)] if eos else new
+    return cut_reply(tok.decode(new, skip_special_tokens=True), "Bob", ["Alice"], eos)
+
+
+def test_say_prints_one_reply(trained, capsys):
+    rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--say", ASK, "--greedy", "--json"))
+    assert rc == 0, err
+    assert out.count("\n") == 1
+    result = json.loads(out)
+    assert set(result) == {"user", "reply", "ended_by"}
+    assert result["user"] == ASK
+    reply = result["reply"]
+    assert "\n" not in reply and "Alice:" not in reply
+    # The adapter learned Bob's line and where it ends.
+    assert reply.startswith("I have ") and reply.endswith("for you, Alice.")
+    assert result["ended_by"] == "eos"
+    # Exactly what plain greedy generation gives on the same build_prompt prompt.
+    assert (reply, "eos") == reference_reply(trained, build_prompt([Line("Alice", ASK)], "Bob"))
+
+    rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--say", ASK, "--greedy"))
+    assert rc == 0, err
+    assert out == reply + "\n"
+
+
+def test_stdin_turns_give_one_json_line_each(trained, capsys, monkeypatch):
+    rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--json", "--seed", "3"),
+                            f"{ASK}\n\n   \nAnd tomorrow?\n", monkeypatch)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["user"] for r in rows] == [ASK, "And tomorrow?"]
+    for r in rows:
+        assert set(r) == {"user", "reply", "ended_by"}
+        assert r["ended_by"] in {"eos", "newline", "speaker", "length"}
+        assert "\n" not in r["reply"] and "Alice:" not in r["reply"]
+
+
+def test_two_half_scaled_copies_equal_one_adapter_and_scale_zero_is_base(trained, capsys):
+    def reply(*flags):
+        rc, out, err = run_chat(capsys, chat_args(trained, *flags, "--say", ASK, "--greedy", "--json"))
+        assert rc == 0, err
+        return json.loads(out)["reply"]
+
+    one = reply("-l", "t")
+    assert reply("-l", "t", "t", "--lora_scale", "0.5") == one
+    assert reply("-l", "t", "--lora_scale", "0") == reply()
+    assert reply() != one
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_interactive_streams_the_reply_and_obeys_commands(trained, tmp_path):
+    saved = tmp_path / "h.json"
+    stdin, stdout, stderr = FakeTTY(f"{ASK}\n\n/save {saved}\n/reset\n/bogus\n/quit\n"), FakeTTY(), io.StringIO()
+    from charlora.chat import run
+
+    args = chat.make_parser().parse_args(chat_args(trained, "-l", "t", "--greedy"))
+    assert run(args, stdin, stdout, stderr) == 0
+    history = json.loads(saved.read_text())
+    assert history[0] == {"speaker": "Alice", "text": ASK}
+    reply = history[1]["text"]
+    assert history == [{"speaker": "Alice", "text": ASK}, {"speaker": "Bob", "text": reply}]
+    # The user prompt, then Bob's streamed reply; an empty line asks again.
+    assert stdout.getvalue() == f"Alice: Bob: {reply}\n" + "Alice: " * 5
+    log = stderr.getvalue().splitlines()
+    assert log[-4:] == [f"(saved 2 lines to {saved})", "(conversation cleared)",
+                        "error: unknown command /bogus; commands: /reset, /save FILE, /load FILE, /quit "
+                        "(start a line with // to say something starting with /)", "(bye)"]
+
+
+# ------------------------------------------------------------ bad input
+
+
+def one_error_line(capsys, argv) -> str:
+    rc, out, err = run_chat(capsys, argv)
+    assert rc == 2, (out, err)
+    assert out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_adapter_for_another_model_size_is_refused(trained, capsys):
+    models, loras = trained
+    msg = one_error_line(capsys, chat_args(trained, "-l", "t", "--say", ASK, model="llama_wide"))
+    assert msg == (f"error: adapter {loras / 't'} was trained for a model with hidden size 48, "
+                   "this one (llama_wide) has 64 (it was trained on llama)")
+
+
+def test_missing_model_and_adapter(trained, capsys):
+    models, loras = trained
+    msg = one_error_line(capsys, chat_args(trained, "--say", ASK, model="nope"))
+    assert msg.startswith(f"error: model 'nope' not found; models in {models}/: llama, llama_wide;")
+    msg = one_error_line(capsys, chat_args(trained, "-l", "gone", "--say", ASK))
+    assert msg == f"error: adapter {loras / 'gone'} not found (no adapter_config.json); adapters in {loras}/: t"
+    msg = one_error_line(capsys, chat_args(trained, "-l", "t", "--lora_scale", "1", "2", "--say", ASK))
+    assert msg == "error: --lora_scale takes one factor for all adapters or one per adapter (1), got 2"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--say", "  "], "error: --say needs some text"),
+    (["--user", "Bob", "--say", "x"], "error: --user and --name are both 'Bob': the user needs a name of their own"),
+    (["--rounds", "-1", "--say", "x"], "error: --rounds must be 0 or more, got -1"),
+])
+def test_bad_flags(flags, message, trained, capsys):
+    assert one_error_line(capsys, chat_args(trained, *flags)) == message
+
+
+def test_reply_stop_criterion(tiny_tokenizers):
+    import torch
+
+    from charlora.chat import ReplyStop
+
+    tok = tiny_tokenizers["llama-like"]
+    prompt = tok("Alice:Hi\nBob:")["input_ids"]
+    stop = ReplyStop(tok, len(prompt), "Bob", ["Alice"])
+
+    def stops(text):
+        ids = prompt + tok(text, add_special_tokens=False)["input_ids"]
+        return stop(torch.tensor([ids]), None).tolist()
+
+    assert stops("Sure, my lady") == [False]
+    assert stops("Sure. Alice:") == [True]
+    assert stops("Sure.\n") == [True]
+    assert stops("Sure. Bob:") == [False]
+
+
+class Interrupting(FakeTTY):
+    def readline(self, *a):
+        raise KeyboardInterrupt
+
+
+def test_eof_ctrl_c_and_interrupted_reply_end_cleanly(trained, tmp_path, monkeypatch):
+    from charlora.chat import run
+
+    args = chat.make_parser().parse_args(chat_args(trained, "-l", "t", "--greedy"))
+    # Ctrl-D at the prompt: exit 0 with a message.
+    stderr = io.StringIO()
+    assert run(args, FakeTTY(""), FakeTTY(), stderr) == 0
+    assert stderr.getvalue().splitlines()[-1] == "(bye)"
+    # Ctrl-C at the prompt: exit 130 with a message, no traceback.
+    stderr = io.StringIO()
+    assert run(args, Interrupting(), FakeTTY(), stderr) == 130
+    assert stderr.getvalue().splitlines()[-1] == "(bye)"
+
+    # Ctrl-C during a reply: the turn is dropped and the chat goes on.
+    def interrupted(self, prompt, stream=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ChatSession, "generate", interrupted)
+    saved = tmp_path / "h.json"
+    stderr, stdout = io.StringIO(), FakeTTY()
+    assert run(args, FakeTTY(f"{ASK}\n/save {saved}\n"), stdout, stderr) == 0
+    assert json.loads(saved.read_text()) == []
+    assert stdout.getvalue() == "Alice: Bob: \n" + "Alice: " * 2
+    assert "(reply interrupted; Ctrl-C again at the prompt or Ctrl-D to leave)" in stderr.getvalue().splitlines()
