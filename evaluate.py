@@ -73,7 +73,7 @@ def run(args) -> list:
             char = ev.reply_loss(model, tokenizer, samples, args.cutoff_len)
             other = ev.reply_loss(model, tokenizer, others, args.cutoff_len) if others else float("nan")
             gens = ev.greedy_replies(model, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens)
-        reports.append(ev.Report(label, char, other, sum(g.ended_by_eos for g in gens), sum(g.speaks_for_other for g in gens), len(gens), gens))
+        reports.append(ev.Report.of(label, char, other, gens))
     return reports
 
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from charlora.evaluate import HEADER
 
     args = make_parser().parse_args(argv)
+    from charlora.errors import quiet_libraries
+
+    quiet_libraries(progress_bars=True)
     try:
         reports = run(args)
     except CharloraError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from charlora.dialogue import Line, parse_line
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, quiet_libraries
 from charlora.prompt import build_prompt
 
 ENDED_BY = ("eos", "newline", "speaker", "length")
@@ -513,19 +513,6 @@ def load_chat_model(args: Any, log: Callable[[str], None]):
 # ------------------------------------------------------------- the loop
 
 
-def quiet_libraries() -> None:
-    """No progress bars or library warnings around the conversation."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 class Quit(Exception):
     pass
 
@@ -570,7 +557,7 @@ def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if args.say is not None and not one_line(args.say):
         raise CharloraError("--say needs some text")
 
-    quiet_libraries()
+    quiet_libraries(progress_bars=False)
     model, tokenizer, what = load_chat_model(args, log)
     if args.seed is not None:
         from transformers import set_seed

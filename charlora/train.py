@@ -57,6 +57,11 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run all epochs)."""
+    neftune_noise_alpha: float = 5.0
+    """NEFTune: uniform noise on the input embeddings while training (0 = off),
+    a regularizer against memorizing a small dataset.  Measured (SmolLM2-135M,
+    Falstaff, 4 epochs, lr 1e-3): held-out loss -4.6% -> -5.3% and clean greedy
+    endings 35/40 -> 38/40 (docs/benchmarks.md)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
     models_dir: str | None = None
@@ -283,6 +288,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup,
         lr_scheduler_type="linear",
+        neftune_noise_alpha=cfg.neftune_noise_alpha or None,
         # bucket samples of similar length into a batch: with per-batch padding
         # that is what keeps compute on real tokens.
         train_sampling_strategy="group_by_length",
