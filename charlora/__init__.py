@@ -7,5 +7,8 @@ The data's journey, one module per stage:
   tokens.py    samples -> input_ids / labels / attention_mask
   models.py    find and load a base model (dtype, quantization, LoRA targets)
   train.py     the training run that writes loras/<name>
-  generate.py  replies that stop where the character's line ends
+  adapter.py   the card, loss curve, webui character file and merge beside it
+  evaluate.py  held-out metrics: reply loss, clean endings, speaking for others
+  generate.py  a greedy reply that stops where the character's line ends
+  chat.py      the conversation: history, stop rules, streaming, commands
 """
