@@ -53,7 +53,6 @@ def run(args) -> list:
     device = models.pick_device()
     tokenizer = models.load_tokenizer(path)
     model = models.load_model(path, "none", models.pick_dtype(args.dtype, device), device)
-    variants = [("base", None)]
     if args.lora_name:
         from peft import PeftModel
 
@@ -62,14 +61,12 @@ def run(args) -> list:
         if not (adapter / "adapter_config.json").is_file():
             raise CharloraError(f"adapter {adapter} not found (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter)
-        variants.append(("adapter", args.lora_name))
+
+    import contextlib
 
     reports = []
-    for label, _ in variants:
-        import contextlib
-
-        ctx = model.disable_adapter() if label == "base" and args.lora_name else contextlib.nullcontext()
-        with ctx:
+    for label in ["base", "adapter"] if args.lora_name else ["base"]:
+        with model.disable_adapter() if label == "base" and args.lora_name else contextlib.nullcontext():
             char = ev.reply_loss(model, tokenizer, samples, args.cutoff_len)
             other = ev.reply_loss(model, tokenizer, others, args.cutoff_len) if others else float("nan")
             gens = ev.greedy_replies(model, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens)
@@ -78,12 +75,10 @@ def run(args) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charlora.errors import CharloraError
+    from charlora.errors import CharloraError, quiet_libraries
     from charlora.evaluate import HEADER
 
     args = make_parser().parse_args(argv)
-    from charlora.errors import quiet_libraries
-
     quiet_libraries(progress_bars=True)
     try:
         reports = run(args)

@@ -28,8 +28,6 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        if args.rounds < 0:
-            raise CharloraError(f"--rounds must be 0 or more, got {args.rounds}")
         name = " ".join(args.name.split())
         lines, encoding = read_dialogue_file(args.txtfilename)
         counts = speaker_counts(lines)

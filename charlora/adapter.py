@@ -24,12 +24,12 @@ def character_name(samples: Sequence[dict[str, str]]) -> str:
     return names.most_common(1)[0][0] if names else ""
 
 
-def write_card(dest: Path, record: dict[str, Any]) -> None:
-    """README.md for the adapter folder (replaces PEFT's empty template)."""
+def write_card(dest: Path, record: dict[str, Any], losses: Sequence[tuple[int, float]]) -> None:
+    """README.md for the adapter folder (replaces PEFT's empty template);
+    `losses` are the logged (step, train loss) pairs."""
     cfg = record["config"]
     name = record["character"]
     lora = Path(record["adapter_dir"]).name
-    losses = record.get("train_losses") or []
     loss_line = f"{losses[0][1]:.3f} at step {losses[0][0]} -> {losses[-1][1]:.3f} at step {losses[-1][0]}" if losses else "not logged"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg.items())
     eval_line = f"{record['eval_loss']:.3f}" if record.get("eval_loss") is not None else "no held-out split (`--eval_split`)"

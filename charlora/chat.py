@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError, quiet_libraries
 from charlora.prompt import build_prompt
+from charlora.samples import context_window
 
 ENDED_BY = ("eos", "newline", "speaker", "length")
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
@@ -102,7 +103,7 @@ def fit_context(history: Sequence[Line], name: str, rounds: int, count_tokens: C
                 budget: int | None) -> list[Line]:
     """The last `rounds` lines, minus the oldest ones while the prompt is over
     `budget` tokens (None: no limit).  May return fewer lines than asked, or none."""
-    lines = list(history[-rounds:]) if rounds > 0 else []
+    lines = list(context_window(history, len(history), rounds))  # the same window as training samples
     if budget is None:
         return lines
     while lines and count_tokens(build_prompt(lines, name)) > budget:

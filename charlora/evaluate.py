@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from charlora.dialogue import Line, parse_line
 from charlora.prompt import build_prompt
+from charlora.samples import context_window
 from charlora.tokens import IGNORE_INDEX, encode_sample
 
 
@@ -25,7 +26,7 @@ def other_speaker_samples(lines: Sequence[Line], name: str, rounds: int) -> list
     out = []
     for i, line in enumerate(lines):
         if line.speaker is not None and line.speaker != name:
-            out.append({"output": line.text, "input": build_prompt(lines[max(0, i - rounds) : i] if rounds else [], line.speaker)})
+            out.append({"output": line.text, "input": build_prompt(context_window(lines, i, rounds), line.speaker)})
     return out
 
 

@@ -20,6 +20,11 @@ from charlora.errors import CharloraError
 from charlora.prompt import build_prompt
 
 
+def context_window(lines: Sequence[Line], i: int, rounds: int) -> Sequence[Line]:
+    """The up to `rounds` lines before line i: a sample's context."""
+    return lines[max(0, i - rounds) : i] if rounds else []
+
+
 def build_samples(lines: Sequence[Line], name: str, rounds: int) -> list[dict[str, str]]:
     """One sample per line spoken by `name`, with up to `rounds` lines of context.
 
@@ -31,8 +36,7 @@ def build_samples(lines: Sequence[Line], name: str, rounds: int) -> list[dict[st
     samples = []
     for i, line in enumerate(lines):
         if line.speaker == name:
-            context = lines[max(0, i - rounds) : i] if rounds else []
-            samples.append({"output": line.text, "input": build_prompt(context, name)})
+            samples.append({"output": line.text, "input": build_prompt(context_window(lines, i, rounds), name)})
     return samples
 
 

@@ -69,12 +69,12 @@ class TrainConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     sample_replies: int = 2
+    """Greedy replies to print after training, from held-out (or last) prompts."""
     export_character: bool = False
     """Also write <Name>.yaml into the webui characters folder (a copy is always in the adapter folder)."""
     characters_dir: str | None = None
     merge: bool = False
     """Also save base + adapter merged as a full model folder models/<base>-<lora>."""
-    """Greedy replies to print after training, from held-out (or last) prompts."""
 
 
 @dataclass
@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     reply_head = ReplyOnlyHead(model)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, eval_dataset=eval_data,
                                    data_collator=collator, reply_head=reply_head)
-    log(f"training on {len(data)} samples ({len(eval_data) if eval_data is not None else 0} held out), "
+    log(f"training on {len(data)} samples ({len(eval_samples)} held out), "
         f"{total_steps} optimizer steps of {cfg.batch_size}x{cfg.grad_accum} samples")
     start = time.time()
     try:
@@ -327,8 +327,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     reply_head.handle.remove()
     model.save_pretrained(work_dir)
-    result = TrainResult(dest, len(data), len(eval_data) if eval_data is not None else 0, trainer.state.global_step,
-                         losses, eval_loss, seconds)
+    result = TrainResult(dest, len(data), len(eval_samples), trainer.state.global_step, losses, eval_loss, seconds)
     character = adapter.character_name(samples)
     record = {"config": asdict(cfg), "base_model": str(model_path), "adapter_dir": str(dest), "character": character,
               "quantization": quant, "dtype": str(dtype).removeprefix("torch."),
@@ -337,13 +336,11 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "train_loss_steps": [step for step, _ in logged], "eval_losses": evals, "eval_loss": eval_loss,
               "train_seconds": round(seconds, 1)}
     (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
-    record["train_losses"] = logged
-    adapter.write_card(work_dir, record)
+    adapter.write_card(work_dir, record, logged)
     adapter.plot_losses(work_dir, logged, evals)
     card = adapter.character_card(character, samples)
     adapter.write_character(work_dir / f"{character}.yaml", card)
-    for extra in ("runs",):
-        shutil.rmtree(work_dir / extra, ignore_errors=True)
+    shutil.rmtree(work_dir / "runs", ignore_errors=True)
     # Swap in the finished folder only now: an interrupted run leaves the
     # previous adapter (if any) untouched.
     if dest.exists():
