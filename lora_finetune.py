@@ -41,6 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")
+    p.add_argument("--packing", action="store_true", help="padding-free batches: samples concatenated with per-sample attention (same loss, no compute on padding)")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
     p.add_argument("--models_dir", default=D.models_dir, help="models folder (default: models/, or user_data/models/ of a text-generation-webui install)")
     p.add_argument("--loras_dir", default=D.loras_dir, help="adapters folder (default: loras/, or user_data/loras/ of a text-generation-webui install)")

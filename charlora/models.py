@@ -137,3 +137,29 @@ def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_c
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise CharloraError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def supports_packing(model) -> bool:
+    """Does this model keep packed samples apart when only position ids mark them?
+
+    transformers builds the per-sample mask from position restarts in most
+    families (LLaMA, GPT-2, GPT-J, GPT-NeoX, ...) but not in all (OPT derives
+    its mask without the position ids), and that can change between releases.
+    So ask the model itself: a sequence packed twice must give the second copy
+    the same logits as the first.  One forward over a few tokens, no grads.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([[5, 6, 7, 8]], device=device) % model.config.vocab_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids.repeat(1, 2), position_ids=torch.arange(4, device=device).repeat(1, 2),
+                           use_cache=False).logits.float()
+    except (TypeError, ValueError, RuntimeError):
+        return False  # no position_ids argument, or it is used some other way
+    finally:
+        model.train(was_training)
+    return torch.allclose(logits[0, :4], logits[0, 4:], rtol=1e-2, atol=1e-2)
