@@ -37,7 +37,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--target_modules", default=D.target_modules, help="'all-linear', 'default' (PEFT's per-architecture q/v map) or a comma list of module names")
     p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default=D.quantization, help="auto: 16-bit when the model fits in memory, else 8-bit (8-bit trains ~2x slower)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default=D.dtype, help="auto: bf16 on CPU and recent GPUs, fp16 on older GPUs")
-    p.add_argument("--eval_split", type=float, default=D.eval_split, help="share of samples held out for an eval loss each epoch")
+    p.add_argument("--eval_split", type=float, default=D.eval_split, help="share of samples held out and scored after every epoch; the best epoch's adapter is saved")
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     loss = f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss logged"
     if result.eval_loss is not None:
-        loss += f", eval loss {result.eval_loss:.3f}"
+        loss += f", best held-out loss {result.eval_loss:.3f}"
     print(f"saved {result.adapter_dir} after {result.optimizer_steps} steps in {result.seconds:.0f} s; {loss}")
     for path in result.exported:
         print(f"wrote {path}")

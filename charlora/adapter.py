@@ -32,7 +32,9 @@ def write_card(dest: Path, record: dict[str, Any], losses: Sequence[tuple[int, f
     lora = Path(record["adapter_dir"]).name
     loss_line = f"{losses[0][1]:.3f} at step {losses[0][0]} -> {losses[-1][1]:.3f} at step {losses[-1][0]}" if losses else "not logged"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg.items())
-    eval_line = f"{record['eval_loss']:.3f}" if record.get("eval_loss") is not None else "no held-out split (`--eval_split`)"
+    eval_line = (f"{record['eval_loss']:.3f} per reply token on the held-out samples, best of "
+                 f"{len(record['eval_losses'])} evaluations; this adapter is step {record['kept_step']}'s"
+                 if record.get("eval_loss") is not None else "no held-out split (`--eval_split`)")
     text = f"""---
 library_name: peft
 base_model: {record['base_model']}
@@ -45,7 +47,7 @@ tags: [lora, charlora, character]
 - Data: {record['train_samples']} training samples, {record['eval_samples']} held out, from `{cfg['dataset_name']}`
 - Optimizer steps: {record['optimizer_steps']} in {record['train_seconds']} s
 - Train loss (reply tokens + end-of-sequence): {loss_line}
-- Eval loss: {eval_line}
+- Held-out loss: {eval_line}
 
 ![loss curve](loss.png)
 

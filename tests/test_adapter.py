@@ -51,7 +51,7 @@ def test_card_names_everything_a_person_needs(trained, models_dir):
     assert f"Base model: `{models_dir / 'llama'}`" in card
     assert "12 training samples, 4 held out" in card
     assert "| `lora_rank` | `8` |" in card and "| `learning_rate` | `0.01` |" in card
-    assert f"Eval loss: {record['eval_loss']:.3f}" in card
+    assert f"Held-out loss: {record['eval_loss']:.3f} per reply token" in card
     assert (adapter / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,354 @@
+"""Training speed and memory: the naive recipe, this toolkit, and TRL, side by side.
+
+    python bench/throughput.py -m SmolLM2-135M-Instruct
+    python bench/throughput.py -m SmolLM2-135M-Instruct --variants naive,default,packed --epochs 2
+
+Every variant trains the same LoRA (rank 16 on all linear layers, same
+learning rate, schedule, batch 4 x accumulation 2, cutoff 256) on the same
+tokenized samples for the same number of epochs, each in its own process so
+that peak memory is its own.  Two datasets are made from one play in
+../shared/data/: "play" (5 lines of context, as prepare_dataset.py's default;
+a third of the samples reach the cutoff) and "short" (1 line of context: short
+chat-like samples, where padding dominates).
+
+Variants:
+  naive          the recipe users had: every sample padded to cutoff_len (the
+                 padding runs through every layer, masked), logits over the
+                 whole vocabulary at every position; 8-bit + fp16 on a GPU as
+                 the original, bf16 on a CPU
+  default        lora_finetune.py's defaults: per-batch padding, batches
+                 grouped by length, vocabulary projection at reply positions
+  packed         default + --packing (padding-free, per-sample attention)
+  checkpointing  default + --gradient_checkpointing (the memory-saving path)
+  8bit           default + --quantization 8bit (memory-saving; slow on CPU)
+  trl            TRL's SFTTrainer on the same token ids and labels
+  trl_packed     SFTTrainer with packing=True (best-fit packing, padding-free)
+
+Reported per variant: real (non-padding) tokens trained per second, tokens
+computed per second (with padding), seconds per epoch, peak memory (RSS on
+CPU, torch.cuda.max_memory_allocated on GPU), mean train loss over the run,
+and, on a GPU, model FLOPs utilization.  Speeds are also given as ratios to
+the naive recipe measured in the same run: absolute times on shared machines
+drift, ratios much less.  Writes <out>.json, <out>.md and <out>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ["naive", "default", "packed", "checkpointing", "8bit", "trl", "trl_packed"]
+DEFAULT_VARIANTS = ["naive", "default", "packed", "checkpointing", "trl", "trl_packed"]
+# Dense bf16 peak of one GPU, for model FLOPs utilization (vendor figures, no sparsity).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+# A ~1B model from a real config (TinyLlama-1.1B's shape) with random
+# weights: speed does not depend on what the weights know.
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                tie_word_embeddings=False)
+
+
+def make_datasets(play: Path, name: str, workdir: Path) -> dict[str, Path]:
+    from charlora.dialogue import read_dialogue_file
+    from charlora.samples import build_samples, write_json_atomic
+
+    lines, _ = read_dialogue_file(play)
+    out = {}
+    for label, rounds in (("play", 5), ("short", 1)):
+        path = workdir / f"{label}.json"
+        write_json_atomic(build_samples(lines, name, rounds), path)
+        out[label] = path
+    return out
+
+
+def make_random_1b(models_dir: Path, tokenizer_from: Path) -> str:
+    """models/llama-1b-random: TinyLlama's shape, random weights, the default model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dest = models_dir / "llama-1b-random"
+    if not (dest / "config.json").exists():
+        tok = AutoTokenizer.from_pretrained(tokenizer_from)
+        cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **LLAMA_1B)
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(dest)
+        tok.save_pretrained(dest)
+    return dest.name
+
+
+# ----------------------------------------------------------------- worker side
+
+class TokenCounter:
+    """Counts the token positions every training forward computes (padding
+    included), from a hook on the input embeddings."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        model.get_input_embeddings().register_forward_hook(self._count)
+
+    def _count(self, module, args, output):
+        if module.training:  # not the probes and evaluations around training
+            self.tokens += args[0].numel()
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_charlora(variant: str, a, counter_box: list) -> dict:
+    from charlora import models
+    from charlora.train import TrainConfig, train
+
+    original = models.load_model
+
+    def counted_load(*args, **kwargs):
+        model = original(*args, **kwargs)
+        counter_box.append(TokenCounter(model))
+        return model
+
+    models.load_model = counted_load
+    extra = {"packed": {"packing": True}, "checkpointing": {"gradient_checkpointing": True},
+             "8bit": {"quantization": "8bit"}}.get(variant, {})
+    with tempfile.TemporaryDirectory() as loras:
+        cfg = TrainConfig(dataset_name=a.dataset, model_name=a.model, models_dir=a.models_dir, loras_dir=loras,
+                          lora_name="bench", epochs=a.epochs, batch_size=a.batch_size, cutoff_len=a.cutoff_len,
+                          sample_replies=0, seed=a.seed, **extra)
+        result = train(cfg, log=lambda *_: None)
+    return {"seconds": result.seconds, "train_loss": result.train_loss, "steps": result.optimizer_steps}
+
+
+def naive_collator(tokenizer, cutoff_len: int):
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=cutoff_len,
+                                  label_pad_token_id=-100, return_tensors="pt")
+
+
+def run_peer(variant: str, a, counter_box: list) -> dict:
+    """The naive recipe and TRL: built from the same libraries, not from charlora.train."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments
+
+    from charlora import models
+    from charlora.samples import load_samples
+    from charlora.train import tokenize_dataset
+
+    device = models.pick_device()
+    gpu = device.startswith("cuda")
+    path = models.find_model(Path(a.models_dir), a.model)
+    tokenizer = models.load_tokenizer(path)
+    tokenizer.padding_side = "right"
+    data = tokenize_dataset(load_samples(a.dataset), tokenizer, a.cutoff_len)
+    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", bias="none",
+                      task_type="CAUSAL_LM")
+    naive = variant == "naive"
+    if naive and gpu:  # the original recipe: 8-bit weights, fp16 autocast
+        dtype = torch.float16
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                                     device_map={"": device})
+        model = prepare_model_for_kbit_training(model)
+    else:
+        dtype = models.pick_dtype("auto", device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device} if gpu else None)
+    model.config.use_cache = False
+    counter_box.append(TokenCounter(model))
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.batch_size,
+                  gradient_accumulation_steps=2, num_train_epochs=a.epochs, learning_rate=1e-3,
+                  warmup_steps=0.05, lr_scheduler_type="linear", bf16=dtype == torch.bfloat16,
+                  fp16=dtype == torch.float16, logging_steps=10, save_strategy="no", report_to="none",
+                  seed=a.seed, data_seed=a.seed, use_cpu=not gpu, disable_tqdm=True)
+    if naive:
+        trainer = Trainer(model=get_peft_model(model, lora), args=TrainingArguments(**common), train_dataset=data,
+                          data_collator=naive_collator(tokenizer, a.cutoff_len))
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        # Same token ids and labels as ours (TRL uses a `labels` column as is).
+        cfg = SFTConfig(**common, max_length=a.cutoff_len, packing=variant == "trl_packed",
+                        dataset_num_proc=None)
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    start = time.time()
+    out = trainer.train()
+    return {"seconds": time.time() - start, "train_loss": out.training_loss, "steps": trainer.state.global_step}
+
+
+def worker(a) -> None:
+    from charlora.errors import quiet_libraries
+
+    quiet_libraries(progress_bars=False)
+    import torch
+
+    from charlora import models
+    from charlora.samples import load_samples
+    from charlora.train import tokenize_dataset
+
+    device = models.pick_device()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    box: list = []
+    fn = run_charlora if a.worker in {"default", "packed", "checkpointing", "8bit"} else run_peer
+    stats = fn(a.worker, a, box)
+    # Real tokens: every sample's tokens once per epoch (the same tokenization
+    # all variants train on; TRL's packing cuts nothing at this cutoff).
+    tok = models.load_tokenizer(models.find_model(Path(a.models_dir), a.model))
+    lengths = [len(x) for x in tokenize_dataset(load_samples(a.dataset), tok, a.cutoff_len)["input_ids"]]
+    real = sum(lengths) * a.epochs
+    stats.update(variant=a.worker, real_tokens=real, computed_tokens=box[0].tokens if box else None,
+                 peak_memory_mb=round(peak_memory_mb(device)), device=device, samples=len(lengths))
+    if device.startswith("cuda"):
+        stats["gpu"] = torch.cuda.get_device_name()
+    print("RESULT " + json.dumps(stats), flush=True)
+
+
+# ----------------------------------------------------------------- parent side
+
+def lora_flops_per_token(model_dir: Path, cutoff_len: int, gradient_checkpointing: bool) -> float:
+    """Training FLOPs per real token for LoRA: forward 2N, backward 2N (input
+    gradients through the frozen weights; the adapters' own weight gradients
+    are negligible), plus attention 12*layers*hidden*seq/2 per token.  Gradient
+    checkpointing adds a second forward."""
+    from transformers import AutoConfig
+
+    from charlora.models import count_parameters
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    n = count_parameters(cfg)
+    layers = getattr(cfg, "num_hidden_layers", 0)
+    hidden = getattr(cfg, "hidden_size", 0)
+    attention = 12 * layers * hidden * cutoff_len / 2
+    return (4 + (2 if gradient_checkpointing else 0)) * n + attention
+
+
+def run_variant(variant: str, dataset: Path, a) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, "--dataset", str(dataset), "-m", a.model,
+           "--models_dir", a.models_dir, "--epochs", str(a.epochs), "--batch_size", str(a.batch_size),
+           "--cutoff_len", str(a.cutoff_len), "--seed", str(a.seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+    return {"variant": variant, "error": tail or f"exit {proc.returncode}"}
+
+
+def summarize(rows: list[dict], a) -> None:
+    for label in {r["dataset"] for r in rows}:
+        group = [r for r in rows if r["dataset"] == label and "error" not in r]
+        base = next((r for r in group if r["variant"] == "naive"), None)
+        for r in group:
+            r["real_tokens_per_s"] = r["real_tokens"] / r["seconds"]
+            r["computed_tokens_per_s"] = (r["computed_tokens"] or 0) / r["seconds"]
+            r["seconds_per_epoch"] = r["seconds"] / a.epochs
+            if base:
+                r["speedup_vs_naive"] = r["real_tokens_per_s"] / (base["real_tokens"] / base["seconds"])
+                r["memory_vs_naive"] = r["peak_memory_mb"] / base["peak_memory_mb"]
+            if r.get("gpu"):
+                peak = next((v for k, v in PEAK_TFLOPS.items() if k in r["gpu"]), None)
+                if peak:
+                    flops = lora_flops_per_token(Path(a.models_dir) / a.model, a.cutoff_len,
+                                                 r["variant"] == "checkpointing")
+                    r["mfu"] = r["real_tokens_per_s"] * flops / (peak * 1e12)
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| data | variant | real tok/s | computed tok/s | s/epoch | peak MB | mean train loss | speed vs naive | memory vs naive | MFU |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['dataset']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | |")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        out.append(f"| {r['dataset']} | {r['variant']} | {r['real_tokens_per_s']:.0f} | {r['computed_tokens_per_s']:.0f} "
+                   f"| {r['seconds_per_epoch']:.0f} | {r['peak_memory_mb']} | {r['train_loss']:.3f} "
+                   f"| {r.get('speedup_vs_naive', float('nan')):.2f}x | {r.get('memory_vs_naive', float('nan')):.2f}x | {mfu} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    labels = sorted({r["dataset"] for r in ok})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "real_tokens_per_s", "real tokens / s"), (axes[1], "peak_memory_mb", "peak memory (MB)")):
+        width = 0.8 / max(1, len(labels))
+        variants = list(dict.fromkeys(r["variant"] for r in ok))
+        for i, label in enumerate(labels):
+            vals = [next((r[key] for r in ok if r["dataset"] == label and r["variant"] == v), 0) for v in variants]
+            ax.bar([x + i * width for x in range(len(variants))], vals, width, label=label)
+        ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(variants))], variants, rotation=30)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("-m", "--model", default="SmolLM2-135M-Instruct", help="model folder in --models_dir; 'llama-1b-random' builds TinyLlama's shape with random weights")
+    p.add_argument("--models_dir", default=str(ROOT / "models"))
+    p.add_argument("--play", default=str(ROOT.parent / "shared" / "data" / "twelfth-night.txt"))
+    p.add_argument("--name", default="Sir Toby Belch", help="the character whose lines are trained")
+    p.add_argument("--datasets", default="play,short")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=1, help="whole epochs, so every variant trains every token")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--cutoff_len", type=int, default=256)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default=str(ROOT / "runs" / "throughput"), help="writes OUT.json, OUT.md, OUT.png")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dataset", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        worker(a)
+        return 0
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if a.model == "llama-1b-random":
+        make_random_1b(Path(a.models_dir), Path(a.models_dir) / "SmolLM2-135M-Instruct")
+    work = Path(tempfile.mkdtemp(prefix="charlora-bench-"))
+    datasets = make_datasets(Path(a.play), a.name, work)
+    rows = []
+    for label in [d.strip() for d in a.datasets.split(",")]:
+        for variant in variants:
+            print(f"{label}: {variant} ...", file=sys.stderr, flush=True)
+            row = run_variant(variant, datasets[label], a)
+            row["dataset"] = label
+            rows.append(row)
+            print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
+    summarize(rows, a)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": a.model, "play": a.play, "name": a.name, "epochs": a.epochs, "batch_size": a.batch_size,
+            "cutoff_len": a.cutoff_len, "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d")}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    text = table(rows)
+    out.with_suffix(".md").write_text(text + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
