@@ -18,8 +18,10 @@ class Line:
 
     speaker: str | None
     text: str
-    # True when a blank line stood before it; kept so a later option can treat
-    # blank lines as the end of a conversation (by default they are not).
+    # True when a break stood before it: a blank line in a `Name:line` file, a
+    # scene heading in a script or play, a new conversation or a long silence
+    # in a chat export (charlora.readers).  `--split_scenes` ends a sample's
+    # context there; by default nothing does.
     after_blank: bool = False
 
 
@@ -106,8 +108,8 @@ def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
     return str(best), best.encoding
 
 
-def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
-    """Read and parse a dialogue file -> (lines, encoding)."""
+def read_text_file(path: str | Path) -> tuple[str, str]:
+    """Read and decode a dialogue file of any source format -> (text, encoding)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -117,7 +119,12 @@ def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
         raise CharloraError(f"{path} is a folder, not a dialogue file") from None
     except OSError as exc:
         raise CharloraError(f"cannot read {path}: {exc.strerror}") from None
-    text, encoding = decode_dialogue(data, str(path))
+    return decode_dialogue(data, str(path))
+
+
+def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
+    """Read and parse a `Name:line` dialogue file -> (lines, encoding)."""
+    text, encoding = read_text_file(path)
     lines = parse_dialogue(text)
     if not lines:
         raise CharloraError(f"{path} is empty: it needs lines like `Name:what they say`")
