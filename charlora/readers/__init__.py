@@ -133,8 +133,8 @@ def read_source(path: str | Path, fmt: str = "auto", fix_text: bool = True,
     lines, fixed = fix_lines(reading.lines) if fix_text else (reading.lines, None)
     if scene_gap_minutes is not None and reading.times is not None:
         lines = mark_gaps(lines, reading.times, scene_gap_minutes)
-    if not lines:
-        if fmt == "name-line":
-            raise CharloraError(f"{path} is empty: it needs lines like `Name:what they say`")
+    if fmt == "name-line" and not lines:
+        raise CharloraError(f"{path} is empty: it needs lines like `Name:what they say`")
+    if fmt != "name-line" and not any(line.speaker is not None for line in lines):
         raise CharloraError(f"{path} has nothing the {fmt} reader understands as dialogue; check --format")
     return Source(str(path), lines, fmt, detected, encoding, fixed, reading.dropped)

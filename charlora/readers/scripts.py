@@ -112,8 +112,10 @@ _PLAY_SPEAKER = re.compile(
 _PLAY_HEADING = re.compile(
     r"^(?:(?:ACT|SCENE)\s+(?:[IVXLC]+|\d+)\b|(?:PROLOGUE|EPILOGUE|INDUCTION)\b\.?\s*$)", re.I
 )
+# A whole line in brackets (`[Aloud.] Have you...` is a speech), in _italics_,
+# or an entrance or exit.
 _PLAY_DIRECTION = re.compile(
-    r"^(?:\[.*\]?|\(.*\)|_.*_|(?:Enter|Exit|Exeunt|Re-enter|Manet|Flourish|Alarum|Sennet)\b.*)$"
+    r"^(?:\[[^\]]*\]?|\([^)]*\)|_.*_|(?:Enter|Exit|Exeunt|Re-enter|Manet|Flourish|Alarum|Sennet)\b.*)\.?$"
 )
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG", re.I)
 _GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (?:THE|THIS) PROJECT GUTENBERG", re.I)
@@ -128,7 +130,8 @@ def _play_speaker(line: str) -> tuple[str, str] | None:
         return None
     name = " ".join(match["name"].split())
     letters = sum(c.isalpha() for c in name)
-    if name != name.upper() or letters < 2 or name in _NOT_SPEAKERS or name.split()[0] in _NOT_SPEAKERS:
+    if (name != name.upper() or letters < 2 or name in _NOT_SPEAKERS or name.split()[0] in _NOT_SPEAKERS
+            or re.fullmatch(_HONORIFIC, name)):  # "MRS. PRYCE, his wife." is not MRS speaking
         return None
     return name, match["text"] or ""
 
@@ -173,7 +176,7 @@ _MD_SPEAKER = re.compile(
 )
 _MD_HEADING = re.compile(r"^#{1,6}\s+(?P<text>.*?)\s*#*$")
 _MD_RULE = re.compile(r"^(?:-{3,}|\*{3,}|_{3,})$")
-_MD_DIRECTION = re.compile(r"^(?:\*(?!\*).*(?<!\*)\*|_(?!_).*(?<!_)_|\[.*\]|\(.*\))$")
+_MD_DIRECTION = re.compile(r"^(?:\*(?!\*).*(?<!\*)\*|_(?!_).*(?<!_)_|\[[^\]]*\]|\([^)]*\))$")
 
 
 def _markdown_speaker(line: str) -> tuple[str, str] | None:
