@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"character {name}: {spellings}{' (case ignored)' if args.ignore_case else ''}")
     if split:
         breaks = sum(line.after_blank for line in lines[1:])
-        print(f"contexts end at scene breaks ({breaks} breaks; chat silences of {gap:g}+ minutes count)")
+        print(f"scene breaks that end a context: {breaks} (in chats, silences of {gap:g}+ minutes)")
     print(f"{summarize(samples, speaker_counts(lines))} -> {args.jsonfilename}")
     for path in exported:
         print(f"exported -> {path}")

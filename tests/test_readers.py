@@ -291,8 +291,8 @@ def test_whatsapp_samples_with_split_scenes(tmp_path, capsys):
     ]
     assert capsys.readouterr().out.splitlines()[:3] == [
         f"read {SOURCES / 'whatsapp-android.txt'} as whatsapp (detected; utf-8; 5 lines; ftfy fixed 0 lines)",
-        "dropped: 1 deleted messages, 1 media placeholders, 2 system notices, 9 timestamps",
-        "contexts end at scene breaks (1 breaks; chat silences of 60+ minutes count)",
+        "dropped: timestamps 9, system notices 2, media placeholders 1, deleted messages 1",
+        "scene breaks that end a context: 1 (in chats, silences of 60+ minutes)",
     ]
 
 

@@ -21,7 +21,7 @@ from charlora.dialogue import Line, read_text_file
 from charlora.errors import CharloraError
 from charlora.readers.chats import (json_format, read_discord, read_openai, read_sillytavern, read_telegram,
                                     read_whatsapp)
-from charlora.readers.common import Reading
+from charlora.readers.common import DELETED, MEDIA, SYSTEM, TIMESTAMPS, Reading
 from charlora.readers.scripts import read_fountain, read_markdown, read_name_line, read_play
 
 # Name -> reader.  The text formats come first and name-line first of all: on a
@@ -106,7 +106,8 @@ class Source:
         fixes = "text fixing off" if self.fixed is None else f"ftfy fixed {self.fixed} lines"
         text = f"read {self.path} as {self.format} ({how}; {self.encoding}; {len(self.lines)} lines; {fixes})"
         if self.dropped:
-            text += "\ndropped: " + ", ".join(f"{n} {what}" for what, n in sorted(self.dropped.items()))
+            order = [TIMESTAMPS, SYSTEM, MEDIA, DELETED]
+            text += "\ndropped: " + ", ".join(f"{what} {self.dropped[what]}" for what in order if self.dropped[what])
         return text
 
 
