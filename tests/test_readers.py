@@ -463,3 +463,27 @@ def test_random_exports_never_break_a_json_reader(data, fmt, jsonl):
         return
     # Telegram joins a message's text parts, so a word may span two of them.
     _check(reading, "".join(_strings(data)))
+
+
+@pytest.mark.parametrize("fmt, text, lines", [
+    # a direction inside a speech splits it; the speaker keeps the floor
+    ("play", "HAMLET. O, that this too too solid flesh\n[Aside.]\nwould melt.\n",
+     [L("HAMLET", "O, that this too too solid flesh"), L(None, "[Aside.]"), L("HAMLET", "would melt.")]),
+    ("play", "Exit. Pursued by a bear.\nI. The first part\nTHE END.\n",
+     [L(None, "Exit. Pursued by a bear."), L(None, "I. The first part THE END.")]),
+    ("markdown", "**Ada**\n\nHello there.\nStill me.\n\nNarration here.\n",
+     [L("Ada", "Hello there. Still me."), L(None, "Narration here.")]),
+    ("markdown", "**Note** that bold words open paragraphs too.\n",
+     [L(None, "**Note** that bold words open paragraphs too.")]),
+    # two spaces keep a Fountain dialogue block going across an empty line
+    ("fountain", "DEALER\nTen.\n  \nEleven.\n\nHe stops.\n",
+     [L("DEALER", "Ten. Eleven."), L(None, "He stops.")]),
+    ("fountain", "!LOUD ACTION LINE\nmore action\n\nVOICE (O.S.) (CONT'D)\nHello?\n",
+     [L(None, "LOUD ACTION LINE more action"), L("VOICE", "Hello?")]),
+    ("whatsapp", "12.03.23, 14:05 - Jonas: Hallo\n12.03.23, 14:06 - Jonas: Bis gleich\n13.03.23, 09:00 - Mia: Na?\n",
+     [L("Jonas", "Hallo"), L("Jonas", "Bis gleich"), L("Mia", "Na?")]),
+    ("openai", '[{"role": "user", "content": "hi"}, {"role": "assistant", "name": "Bob", "content": "yo"}]',
+     [L("User", "hi"), L("Bob", "yo")]),
+])
+def test_reader_edge_cases(fmt, text, lines):
+    assert READERS[fmt](text).lines == lines
