@@ -18,8 +18,10 @@ class Line:
 
     speaker: str | None
     text: str
-    # True when a blank line stood before it; kept so a later option can treat
-    # blank lines as the end of a conversation (by default they are not).
+    # True when a break stood before it: a blank line in a `Name:line` file, a
+    # scene heading in a script or play, a new conversation or a long silence
+    # in a chat export (charlora.readers).  `--split_scenes` ends a sample's
+    # context there; by default nothing does.
     after_blank: bool = False
 
 
@@ -88,17 +90,24 @@ def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
         pass
     import charset_normalizer
 
-    best = charset_normalizer.from_bytes(data).best()
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
     if best is None or best.encoding is None:
         raise CharloraError(
             f"{source} is not UTF-8 and its encoding could not be detected; "
             "save it as UTF-8 and try again"
         )
-    if best.encoding in _LATIN_CODEPAGES and best.language not in _CENTRAL_EUROPEAN:
-        # On short Western text the detector cannot tell the Latin code pages
-        # apart (it read French cp1252 as Baltic cp1257); cp1252, what Windows
-        # editors write, is by far the likeliest and a superset of Latin-1's
-        # printable range.
+    # On short Western text the detector cannot tell the Latin code pages
+    # apart (it read French cp1252 as Baltic cp1257, and as Romanian cp1250:
+    # "crčme"); cp1252, what Windows editors write, is by far the likeliest and
+    # a superset of Latin-1's printable range.  So it wins where the detector
+    # found it as clean as its pick, or found it at all for a language that is
+    # not Central European; Polish in cp1250 (which cp1252 can't read cleanly,
+    # and the detector calls Dutch) keeps the pick.
+    cp1252 = [m for m in matches if "cp1252" in m.could_be_from_charset]
+    if best.encoding in _LATIN_CODEPAGES and cp1252 and (
+        best.language not in _CENTRAL_EUROPEAN or any(m.chaos <= best.chaos for m in cp1252)
+    ):
         try:
             return data.decode("cp1252"), "cp1252"
         except UnicodeDecodeError:
@@ -106,8 +115,8 @@ def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
     return str(best), best.encoding
 
 
-def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
-    """Read and parse a dialogue file -> (lines, encoding)."""
+def read_text_file(path: str | Path) -> tuple[str, str]:
+    """Read and decode a dialogue file of any source format -> (text, encoding)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -117,7 +126,12 @@ def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
         raise CharloraError(f"{path} is a folder, not a dialogue file") from None
     except OSError as exc:
         raise CharloraError(f"cannot read {path}: {exc.strerror}") from None
-    text, encoding = decode_dialogue(data, str(path))
+    return decode_dialogue(data, str(path))
+
+
+def read_dialogue_file(path: str | Path) -> tuple[list[Line], str]:
+    """Read and parse a `Name:line` dialogue file -> (lines, encoding)."""
+    text, encoding = read_text_file(path)
     lines = parse_dialogue(text)
     if not lines:
         raise CharloraError(f"{path} is empty: it needs lines like `Name:what they say`")

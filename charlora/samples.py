@@ -20,24 +20,67 @@ from charlora.errors import CharloraError
 from charlora.prompt import build_prompt
 
 
-def context_window(lines: Sequence[Line], i: int, rounds: int) -> Sequence[Line]:
-    """The up to `rounds` lines before line i: a sample's context."""
-    return lines[max(0, i - rounds) : i] if rounds else []
+def context_window(lines: Sequence[Line], i: int, rounds: int, split_scenes: bool = False) -> Sequence[Line]:
+    """The up to `rounds` lines before line i: a sample's context.
+
+    With `split_scenes` the window starts no earlier than the last break
+    (`Line.after_blank`) at or before line i, so one sample never holds two
+    conversations.
+    """
+    if not rounds:
+        return []
+    start = max(0, i - rounds)
+    if split_scenes:
+        for j in range(i, start, -1):
+            if lines[j].after_blank:
+                return lines[j:i]
+    return lines[start:i]
 
 
-def build_samples(lines: Sequence[Line], name: str, rounds: int) -> list[dict[str, str]]:
+def build_samples(lines: Sequence[Line], name: str, rounds: int, split_scenes: bool = False) -> list[dict[str, str]]:
     """One sample per line spoken by `name`, with up to `rounds` lines of context.
 
-    Blank lines do not cut the context (the format's own sample continues one
-    conversation across a blank line); narration lines count as context lines.
+    By default blank lines do not cut the context (the format's own sample
+    continues one conversation across a blank line); `split_scenes` makes every
+    break cut it.  Narration lines count as context lines.
     """
     if rounds < 0:
         raise CharloraError(f"--rounds must be 0 or more, got {rounds}")
     samples = []
     for i, line in enumerate(lines):
         if line.speaker == name:
-            samples.append({"output": line.text, "input": build_prompt(context_window(lines, i, rounds), name)})
+            window = context_window(lines, i, rounds, split_scenes)
+            samples.append({"output": line.text, "input": build_prompt(window, name)})
     return samples
+
+
+def parse_names(value: str) -> list[str]:
+    """`--name "Bob, Robert,BOB"` -> ["Bob", "Robert", "BOB"]: the first is the
+    name the samples use, the rest are aliases that map to it."""
+    names = [" ".join(part.split()) for part in value.split(",")]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise CharloraError(f"--name needs a character's name, got {value!r}")
+    return names
+
+
+def merge_aliases(lines: Sequence[Line], names: Sequence[str],
+                  ignore_case: bool = False) -> tuple[list[Line], str, Counter[str]]:
+    """Rename every line spoken under one of `names` to one name.
+
+    That name is names[0]; with `ignore_case`, the spelling of names[0] the
+    text uses most (`--name falstaff` on a file that says Falstaff gives
+    `Falstaff:` prompts).  Returns the renamed lines, the name, and how many
+    lines each spelling found in the text contributed ({"Bob": 12, "ROBERT": 3}).
+    """
+    key = str.casefold if ignore_case else (lambda s: s)
+    wanted = {key(n) for n in names}
+    merged: Counter[str] = Counter(line.speaker for line in lines
+                                   if line.speaker is not None and key(line.speaker) in wanted)
+    name = next((s for s, _ in merged.most_common() if key(s) == key(names[0])), names[0])
+    out = [Line(name, line.text, line.after_blank) if line.speaker in merged and line.speaker != name else line
+           for line in lines]
+    return out, name, merged
 
 
 def speaker_counts(lines: Sequence[Line]) -> Counter[str]:
@@ -82,7 +125,12 @@ def summarize(samples: Sequence[dict[str, str]], counts: Counter[str]) -> Summar
 
 
 def write_json_atomic(obj, path: str | Path) -> None:
-    """Write JSON to a temp file beside `path`, then rename over it.
+    """Write JSON (UTF-8, indented) atomically; see write_text_atomic."""
+    write_text_atomic(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write text to a temp file beside `path`, then rename over it.
 
     A crash or full disk mid-write leaves the previous file intact instead of a
     truncated one that the trainer would choke on later.
@@ -99,8 +147,7 @@ def write_json_atomic(obj, path: str | Path) -> None:
         raise CharloraError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
