@@ -12,10 +12,14 @@ a third of the samples reach the cutoff) and "short" (1 line of context: short
 chat-like samples, where padding dominates).
 
 Variants:
-  naive          the recipe users had: every sample padded to cutoff_len (the
-                 padding runs through every layer, masked), logits over the
-                 whole vocabulary at every position; 8-bit + fp16 on a GPU as
-                 the original, bf16 on a CPU
+  naive          the recipe users had, in 16-bit: every sample padded to
+                 cutoff_len (the padding runs through every layer, masked),
+                 logits over the whole vocabulary at every position; bf16 (fp16
+                 on GPUs without bf16)
+  naive_8bit     the recipe exactly as users had it: the same, with the base
+                 loaded in 8-bit and prepared by PEFT's
+                 prepare_model_for_kbit_training (which turns on gradient
+                 checkpointing), as the original script did
   default        lora_finetune.py's defaults: per-batch padding, batches
                  grouped by length, vocabulary projection at reply positions
   packed         default + --packing (padding-free, per-sample attention)
@@ -46,8 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ["naive", "default", "packed", "checkpointing", "8bit", "trl", "trl_packed"]
-DEFAULT_VARIANTS = ["naive", "default", "packed", "checkpointing", "trl", "trl_packed"]
+VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "8bit", "trl", "trl_packed"]
+DEFAULT_VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "trl", "trl_packed"]
 # Dense bf16 peak of one GPU, for model FLOPs utilization (vendor figures, no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
@@ -156,9 +160,9 @@ def run_peer(variant: str, a, counter_box: list) -> dict:
     data = tokenize_dataset(load_samples(a.dataset), tokenizer, a.cutoff_len)
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM")
-    naive = variant == "naive"
-    if naive and gpu:  # the original recipe: 8-bit weights, fp16 autocast
-        dtype = torch.float16
+    naive = variant.startswith("naive")
+    if variant == "naive_8bit":  # the original recipe: 8-bit weights, fp16 autocast on GPUs
+        dtype = torch.float16 if gpu else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                                                      device_map={"": device})
         model = prepare_model_for_kbit_training(model)
@@ -250,6 +254,7 @@ def summarize(rows: list[dict], a) -> None:
     for label in {r["dataset"] for r in rows}:
         group = [r for r in rows if r["dataset"] == label and "error" not in r]
         base = next((r for r in group if r["variant"] == "naive"), None)
+        orig = next((r for r in group if r["variant"] == "naive_8bit"), None)
         for r in group:
             r["real_tokens_per_s"] = r["real_tokens"] / r["seconds"]
             r["computed_tokens_per_s"] = (r["computed_tokens"] or 0) / r["seconds"]
@@ -257,6 +262,9 @@ def summarize(rows: list[dict], a) -> None:
             if base:
                 r["speedup_vs_naive"] = r["real_tokens_per_s"] / (base["real_tokens"] / base["seconds"])
                 r["memory_vs_naive"] = r["peak_memory_mb"] / base["peak_memory_mb"]
+            if orig:
+                r["speedup_vs_naive_8bit"] = r["real_tokens_per_s"] / (orig["real_tokens"] / orig["seconds"])
+                r["memory_vs_naive_8bit"] = r["peak_memory_mb"] / orig["peak_memory_mb"]
             if r.get("gpu"):
                 peak = next((v for k, v in PEAK_TFLOPS.items() if k in r["gpu"]), None)
                 if peak:
@@ -265,17 +273,22 @@ def summarize(rows: list[dict], a) -> None:
                     r["mfu"] = r["real_tokens_per_s"] * flops / (peak * 1e12)
 
 
+def ratio(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}x" if key in row else "-"
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| data | variant | real tok/s | computed tok/s | s/epoch | peak MB | mean train loss | speed vs naive | memory vs naive | MFU |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| data | variant | real tok/s | computed tok/s | s/epoch | peak MB | mean train loss | speed vs naive | memory vs naive | speed vs naive_8bit | memory vs naive_8bit | MFU |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['dataset']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | |")
+            out.append(f"| {r['dataset']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         out.append(f"| {r['dataset']} | {r['variant']} | {r['real_tokens_per_s']:.0f} | {r['computed_tokens_per_s']:.0f} "
                    f"| {r['seconds_per_epoch']:.0f} | {r['peak_memory_mb']} | {r['train_loss']:.3f} "
-                   f"| {r.get('speedup_vs_naive', float('nan')):.2f}x | {r.get('memory_vs_naive', float('nan')):.2f}x | {mfu} |")
+                   f"| {ratio(r, 'speedup_vs_naive')} | {ratio(r, 'memory_vs_naive')} "
+                   f"| {ratio(r, 'speedup_vs_naive_8bit')} | {ratio(r, 'memory_vs_naive_8bit')} | {mfu} |")
     return "\n".join(out)
 
 
