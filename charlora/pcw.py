@@ -107,7 +107,7 @@ def pcw_example(prefix: Sequence[int], windows: Sequence[Sequence[int]], task_id
     """
     if len(task_ids) != len(task_labels):
         raise PCWError(f"task_ids and task_labels differ in length ({len(task_ids)} vs {len(task_labels)})")
-    if task_labels and task_labels[0] != IGNORE_INDEX and (prefix or any(windows)):
+    if task_labels and task_labels[0] != IGNORE_INDEX and any(windows):
         # Causal LMs predict label t from token t-1, here the last window
         # token, which cannot see the task: a label there teaches nothing true.
         raise PCWError("the first task token can't carry a label: it would be predicted from the last window token")
@@ -202,8 +202,9 @@ class PCWState:
     next_positions: Any
 
 
-def _model_dtype(model):
-    return next(model.parameters()).dtype
+def _embeddings(model):
+    """The input embeddings: their device takes the ids, their dtype is what attention runs in."""
+    return model.get_input_embeddings().weight
 
 
 def check_attention(model) -> None:
@@ -222,15 +223,13 @@ def pcw_forward(model, layouts: Mapping | Sequence[Mapping], pad_token_id: int =
     token of row b comes from its last task token (index -1 with left padding).
     Extra keyword arguments (output_hidden_states=True, ...) go to the model.
     """
-    import torch
-
     check_attention(model)
     if isinstance(layouts, Mapping):
         layouts = [layouts]
-    device = next(model.parameters()).device
+    device = _embeddings(model).device
     padded = _pad([{k: v for k, v in f.items() if k != "labels"} for f in layouts], pad_token_id, padding_side)
     segments = padded["segments"].to(device)
-    mask = additive_mask(attention_allowed(segments), _model_dtype(model))
+    mask = additive_mask(attention_allowed(segments), _embeddings(model).dtype)
     out = model(input_ids=padded["input_ids"].to(device), position_ids=padded["position_ids"].to(device),
                 attention_mask=mask, use_cache=True, **model_kwargs)
     real = segments != PAD
@@ -248,7 +247,7 @@ def pcw_step(model, state: PCWState, token_ids) -> Any:
 
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=state.visible.device).reshape(-1, 1)
     visible = torch.cat([state.visible, torch.ones_like(ids, dtype=torch.bool)], dim=1)
-    mask = additive_mask(visible.unsqueeze(1), _model_dtype(model))
+    mask = additive_mask(visible.unsqueeze(1), _embeddings(model).dtype)
     out = model(input_ids=ids, position_ids=state.next_positions.unsqueeze(1), attention_mask=mask,
                 cache=state.cache, use_cache=True)
     state.cache, state.visible, state.next_positions = out.cache, visible, state.next_positions + 1
@@ -286,7 +285,7 @@ def pcw_generate(model, prefix: Sequence[int], windows: Sequence[Sequence[int]],
     layout = pcw_layout(prefix, windows, task)
     ids, new = list(layout["input_ids"]), []
     with torch.inference_mode():
-        out, state = pcw_forward(model, layout)
+        out, state = pcw_forward(model, layout, logits_to_keep=1)  # not (T, vocab) floats for one token
         logits = out.logits[0, -1]
         while len(new) < max_new_tokens:
             token = next_token(ids, logits.float())

@@ -132,6 +132,8 @@ def test_training_example_and_collate_exact_values():
         pcw_example([1], [[2]], [3, 4], [3, 4])
     with pytest.raises(PCWError, match="differ in length"):
         pcw_example([1], [[2]], [3, 4], [IGNORE_INDEX])
+    # without windows the token before the task is the prefix's last: an ordinary label
+    assert pcw_example([1], [], [3, 4], [3, 4])["labels"] == [IGNORE_INDEX, 3, 4]
 
 
 def test_refuses_attention_without_dense_masks():
@@ -180,6 +182,22 @@ def test_window_cannot_see_another_window(family, models):
     for ha, hb in zip(a.hidden_states, b.hidden_states):  # embeddings and every layer
         assert torch.equal(ha[0, unseen], hb[0, unseen])  # prefix, windows 1 and 3: not a bit moved
     assert (a.hidden_states[-1][0, task] - b.hidden_states[-1][0, task]).abs().min() > 1e-4  # the task reads it
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lora_wrapped_model(family, tiny_tokenizers):
+    """chat and training run PEFT models: the mask, positions and cache pass through the wrapper."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_build(family, tiny_tokenizers), LoraConfig(r=4, target_modules="all-linear",
+                                                                         init_lora_weights=False)).eval()
+    with torch.no_grad():
+        out, _ = pcw_forward(model, pcw_layout(PREFIX, WINDOWS[:1], TASK_IDS))
+        plain = model(input_ids=_ids(PREFIX + WINDOWS[0] + TASK_IDS)).logits
+        ref = model.generate(_ids(PREFIX + WINDOWS[0] + TASK_IDS), max_new_tokens=4, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, -4:].tolist()
+    torch.testing.assert_close(out.logits, plain, rtol=0, atol=ATOL)
+    assert pcw_generate(model, PREFIX, WINDOWS[:1], TASK_IDS, max_new_tokens=4).ids == ref
 
 
 def _recorded(steps):
