@@ -47,6 +47,7 @@ Pieces:
   collate_pcw                examples -> padded batch for model(**batch) (training)
   pcw_forward / pcw_step     prefill and one cached decoding step
   pcw_generate               a reply, with a pluggable next-token rule and stop rule
+  sampling_rule              that rule from transformers' logits processors (chat's sampler)
 """
 from __future__ import annotations
 
@@ -257,6 +258,28 @@ def pcw_step(model, state: PCWState, token_ids) -> Any:
 def greedy(input_ids: list[int], logits) -> int:
     """The most likely next token (the default next_token rule)."""
     return int(logits.argmax())
+
+
+def sampling_rule(processors=None, do_sample: bool = False, generator=None) -> Callable[[list[int], Any], int]:
+    """A next_token rule from transformers' logits processors, as generate() applies them.
+
+    processors: a LogitsProcessorList (RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper, TopPLogitsWarper, ... in that order, as
+    generate() builds them from a GenerationConfig), or None.  do_sample:
+    draw from the processed distribution (torch.multinomial, like generate(),
+    so a fixed seed gives generate()'s tokens); else take the argmax.
+    """
+    import torch
+
+    def next_token(ids: list[int], logits) -> int:
+        scores = logits.unsqueeze(0)
+        if processors is not None:
+            scores = processors(torch.tensor([ids], device=logits.device), scores)
+        if do_sample:
+            return int(torch.multinomial(scores.softmax(dim=-1), num_samples=1, generator=generator))
+        return int(scores.argmax())
+
+    return next_token
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charlora.pcw import (PAD, TASK, PCWError, attention_allowed, check_attention, collate_pcw, pcw_example,
-                          pcw_forward, pcw_generate, pcw_layout, pcw_step)
+                          pcw_forward, pcw_generate, pcw_layout, pcw_step, sampling_rule)
 from charlora.tokens import IGNORE_INDEX
 from conftest import FAMILIES, FAMILY_TOKENIZER, tiny_config
 
@@ -234,6 +234,26 @@ def test_one_window_decode_equals_generate(family, models):
         ref = model.generate(_ids(ids), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=5,
                              do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
     assert pcw_generate(model, PREFIX, WINDOWS[:1], TASK_IDS, max_new_tokens=5).ids == ref
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_sampling_rule_matches_generate(do_sample, models):
+    """chat's sampler (repetition penalty, temperature, top-p) plugs in as transformers' processors."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopPLogitsWarper)
+
+    model, ids = models["llama"], PREFIX + WINDOWS[0] + TASK_IDS
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.5)])
+    if do_sample:
+        processors += [TemperatureLogitsWarper(0.7), TopPLogitsWarper(0.9)]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        ref = model.generate(_ids(ids), max_new_tokens=8, do_sample=do_sample, repetition_penalty=1.5,
+                             temperature=0.7 if do_sample else None, top_p=0.9 if do_sample else None, top_k=0,
+                             eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    torch.manual_seed(7)
+    rule = sampling_rule(processors, do_sample=do_sample)
+    assert pcw_generate(model, PREFIX, WINDOWS[:1], TASK_IDS, max_new_tokens=8, next_token=rule).ids == ref
 
 
 def test_generate_stops_at_eos_and_stop_rule(models):
