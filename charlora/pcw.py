@@ -104,7 +104,8 @@ def pcw_example(prefix: Sequence[int], windows: Sequence[Sequence[int]], task_id
     recent context and the reply (labels -100 on the context); prefix and
     window tokens get -100.  The mask is not stored: it is derived from
     "segments" when a batch is made (collate_pcw), so a dataset keeps O(T) per
-    example instead of O(T^2).
+    example instead of O(T^2).  (With transformers' Trainer that means
+    remove_unused_columns=False: "segments" is no argument of the model.)
     """
     if len(task_ids) != len(task_labels):
         raise PCWError(f"task_ids and task_labels differ in length ({len(task_ids)} vs {len(task_labels)})")
