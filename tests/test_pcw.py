@@ -156,9 +156,10 @@ def test_one_window_equals_ordinary_logits(family, attn, tiny_tokenizers):
     torch.testing.assert_close(out.logits, plain, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_single_pass_equals_per_window_caches(family, models):
-    model = models[family]
+def test_single_pass_equals_per_window_caches(family, attn, tiny_tokenizers):
+    model = _build(family, tiny_tokenizers, attn)
     with torch.no_grad():
         out, state = pcw_forward(model, pcw_layout(PREFIX, WINDOWS, TASK_IDS))
     ref_logits, ref_cache, ref_next = reference(model, PREFIX, WINDOWS, TASK_IDS)
