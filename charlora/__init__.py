@@ -13,4 +13,5 @@ The data's journey, one module per stage:
   evaluate.py  held-out metrics: reply loss, clean endings, speaking for others
   generate.py  a greedy reply that stops where the character's line ends
   chat.py      the conversation: history, stop rules, streaming, commands
+  pcw.py       Parallel Context Windows: more context than the window (layout, mask, decoding)
 """
