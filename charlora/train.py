@@ -464,6 +464,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every step
         disable_tqdm=not main_process,
     )
     packing = cfg.packing and models.supports_packing(model)
