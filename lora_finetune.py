@@ -50,6 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--loras_dir", default=D.loras_dir, help="adapters folder (default: loras/, or user_data/loras/ of a text-generation-webui install)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of the same name (only once training succeeded)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
+    p.add_argument("--allow_pickle", action="store_true", help="load pickle (.bin) weights, which can run code; only safetensors otherwise")
     p.add_argument("--sample_replies", type=int, default=D.sample_replies, help="greedy replies to print after training")
     p.add_argument("--export_character", action="store_true", help="also write <Name>.yaml to the webui characters folder (characters/ or user_data/characters/)")
     p.add_argument("--characters_dir", default=D.characters_dir, help="where --export_character writes")

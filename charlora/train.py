@@ -83,6 +83,8 @@ class TrainConfig:
     loras_dir: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """Load pickle (.bin) weights, which can run code; safetensors only otherwise."""
     sample_replies: int = 2
     """Greedy replies to print after training, from held-out (or last) prompts."""
     export_character: bool = False
@@ -350,8 +352,19 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     for flag in ("batch_size", "grad_accum", "lora_rank"):
         if getattr(cfg, flag) < 1:
             raise CharloraError(f"--{flag} must be at least 1, got {getattr(cfg, flag)}")
-    if cfg.epochs <= 0 and cfg.max_steps <= 0:
-        raise CharloraError(f"--epochs must be positive, got {cfg.epochs}")
+    if not (math.isfinite(cfg.epochs) and (cfg.epochs > 0 or cfg.max_steps > 0)):
+        raise CharloraError(f"--epochs must be a positive number, got {cfg.epochs}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise CharloraError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise CharloraError(f"--lora_dropout is a probability, in [0, 1), got {cfg.lora_dropout}")
+    if cfg.lora_alpha <= 0:
+        raise CharloraError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    if not (math.isfinite(cfg.neftune_noise_alpha) and cfg.neftune_noise_alpha >= 0):
+        raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
+    if cfg.save_steps < 0 or cfg.save_total_limit < 1:
+        raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
+                            f"got {cfg.save_steps} and {cfg.save_total_limit}")
 
     # torchrun / accelerate launch: only the first process writes files and talks.
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -395,7 +408,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     from transformers import AutoConfig
 
-    n_params = models.count_parameters(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code))
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    models.check_vocabulary(tokenizer, model_config, model_path)
+    models.check_weights(model_path, cfg.allow_pickle)
+    n_params = models.count_parameters(model_config)
     quant = models.choose_quantization(cfg.quantization, 2 * n_params, models.available_memory(device))
     if quant != "none" and device == "cpu" and cfg.quantization == "auto":
         log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
@@ -406,7 +422,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
-    model = models.load_model(model_path, quant, dtype, device, cfg.trust_remote_code)
+    model = models.load_model(model_path, quant, dtype, device, cfg.trust_remote_code, cfg.allow_pickle)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quant != "none":
@@ -488,13 +504,22 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     start = time.time()
     try:
         run = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except BaseException:
+    except BaseException as exc:
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar before the error line
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
         # The checkpoints stay for --resume; a folder that holds nothing else
         # (the run failed before its first checkpoint) goes.
         if main_process and checkpoints.newest_checkpoint(ckpt_dir) is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             if dest.is_dir() and not any(dest.iterdir()):
                 dest.rmdir()
+        if isinstance(exc, OSError):  # disk full, folder gone read-only, ...
+            kept = checkpoints.newest_checkpoint(ckpt_dir) if main_process else None
+            raise CharloraError(f"training stopped: could not write {exc.filename or 'a checkpoint'} "
+                                f"({exc.strerror or exc}); " + (f"{kept} is kept for --resume" if kept else
+                                                                "no checkpoint had been saved")) from None
         raise
     seconds = time.time() - start
     if saver.interrupted:
