@@ -29,6 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto", help="auto: bf16 on CPU (5x faster than fp32 here) and recent GPUs")
     p.add_argument("--models_dir", help="models folder (default: models/ or user_data/models/)")
     p.add_argument("--loras_dir", help="adapters folder (default: loras/ or user_data/loras/)")
+    p.add_argument("--allow_pickle", action="store_true", help="load pickle (.bin) weights, which can run code; only safetensors otherwise")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
     p.add_argument("--examples", type=int, default=3, help="example replies to print side by side")
     return p
@@ -52,7 +53,7 @@ def run(args) -> list:
     path = models.find_model(models_dir, args.model_name)
     device = models.pick_device()
     tokenizer = models.load_tokenizer(path)
-    model = models.load_model(path, "none", models.pick_dtype(args.dtype, device), device)
+    model = models.load_model(path, "none", models.pick_dtype(args.dtype, device), device, allow_pickle=args.allow_pickle)
     if args.lora_name:
         from peft import PeftModel
 

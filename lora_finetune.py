@@ -43,10 +43,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")
     p.add_argument("--packing", action="store_true", help="padding-free batches: samples concatenated with per-sample attention (same loss, no compute on padding)")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
+    p.add_argument("--save_steps", type=int, default=D.save_steps, help="checkpoint every N optimizer steps into loras/<lora_name>/checkpoints/ (0: every tenth of the run; also at the end and on Ctrl-C)")
+    p.add_argument("--save_total_limit", type=int, default=D.save_total_limit, help="checkpoints kept")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its newest checkpoint (same flags as the original run)")
     p.add_argument("--models_dir", default=D.models_dir, help="models folder (default: models/, or user_data/models/ of a text-generation-webui install)")
     p.add_argument("--loras_dir", default=D.loras_dir, help="adapters folder (default: loras/, or user_data/loras/ of a text-generation-webui install)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of the same name (only once training succeeded)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
+    p.add_argument("--allow_pickle", action="store_true", help="load pickle (.bin) weights, which can run code; only safetensors otherwise")
     p.add_argument("--sample_replies", type=int, default=D.sample_replies, help="greedy replies to print after training")
     p.add_argument("--export_character", action="store_true", help="also write <Name>.yaml to the webui characters folder (characters/ or user_data/characters/)")
     p.add_argument("--characters_dir", default=D.characters_dir, help="where --export_character writes")
@@ -60,16 +64,23 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries(progress_bars=True)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    from charlora.checkpoints import Interrupted
     from charlora.train import train
 
     try:
         result = train(cfg)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except CharloraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; no adapter was written (an existing one is untouched)", file=sys.stderr)
+        print("\ninterrupted; no adapter was written (an existing one is untouched); checkpoints saved so far "
+              "stay for --resume", file=sys.stderr)
         return 130
+    if not result.main_process:
+        return 0
     loss = f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss logged"
     if result.eval_loss is not None:
         loss += f", best held-out loss {result.eval_loss:.3f}"

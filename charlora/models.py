@@ -119,11 +119,41 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_code: bool = False):
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights(path: Path, allow_pickle: bool = False) -> bool:
+    """Refuse folders without weights, and pickle-only weights unless allowed.
+
+    Pickle files (`pytorch_model.bin`) can run arbitrary code when loaded;
+    safetensors can't.  Returns whether safetensors are used.
+    """
+    if any(path.glob("*.safetensors")):
+        return True
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise CharloraError(f"{path} has a config.json but no weights (*.safetensors); copy the model's weight files there")
+    if not allow_pickle:
+        raise CharloraError(f"{path} has only pickle weights ({pickles[0]}), which can run code when loaded; "
+                            "convert them to safetensors, or pass --allow_pickle if you trust their source")
+    return False
+
+
+def check_vocabulary(tokenizer, config, path: Path) -> None:
+    """A tokenizer with ids beyond the model's embedding table belongs to another model."""
+    n_tokens, n_embeddings = len(tokenizer), getattr(config, "vocab_size", None)
+    if n_embeddings is not None and n_tokens > n_embeddings:
+        raise CharloraError(f"the tokenizer in {path} has {n_tokens} tokens but the model has {n_embeddings} "
+                            "embeddings: tokenizer and weights come from different models")
+
+
+def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_code: bool = False,
+               allow_pickle: bool = False):
     """AutoModelForCausalLM from a local folder, optionally 8/4-bit (bitsandbytes)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    safetensors = check_weights(path, allow_pickle)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": safetensors}
     if quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif quantization == "4bit":

@@ -168,8 +168,12 @@ def load_samples(path: str | Path) -> list[dict[str, str]]:
         raise CharloraError(
             f"dataset {path} not found; make it with `python prepare_dataset.py --name <character>`"
         ) from None
+    except IsADirectoryError:
+        raise CharloraError(f"{path} is a folder, not a dataset file (set it with --dataset_name/-d)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
+    except OSError as exc:
+        raise CharloraError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not isinstance(data, list) or not data:
         raise CharloraError(f"{path} must be a non-empty JSON list of {{\"output\", \"input\"}} objects")
     for i, item in enumerate(data):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,12 +70,21 @@ class TrainConfig:
     with restarting position ids, so no compute goes to padding.  Same loss as
     padded batches (tested); falls back to padding on families whose masks
     ignore position ids (OPT)."""
+    save_steps: int = 0
+    """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
+    (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
+    save_total_limit: int = 2
+    """Checkpoints kept (older ones are deleted)."""
+    resume: bool = False
+    """Continue from the newest checkpoint of this --lora_name."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
     models_dir: str | None = None
     loras_dir: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """Load pickle (.bin) weights, which can run code; safetensors only otherwise."""
     sample_replies: int = 2
     """Greedy replies to print after training, from held-out (or last) prompts."""
     export_character: bool = False
@@ -97,6 +107,8 @@ class TrainResult:
     seconds: float = 0.0
     samples: list[tuple[str, str, bool]] = field(default_factory=list)
     exported: list[Path] = field(default_factory=list)
+    main_process: bool = True
+    """False in the other processes of a multi-process run: they write and print nothing."""
 
 
 class ReplyOnlyHead:
@@ -158,7 +170,8 @@ def make_trainer_class():
     return ReplyOnlyTrainer
 
 
-def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]], cutoff_len: int, log=print):
+def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]], cutoff_len: int, log=print,
+                     resume_from: Path | None = None):
     """A Trainer callback that scores the held-out samples after every epoch
     and keeps a copy of the best adapter weights (a few MB, in memory).
 
@@ -166,8 +179,11 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
     tokens training learns (reply + EOS), so "best" means what evaluate.py
     would report.  On 159 lines of Falstaff, 1 epoch generalized better than
     4 (docs/benchmarks.md): with a held-out split, more epochs can't hurt.
+    Its scores and best weights go into every checkpoint, so a resumed run
+    picks the same epoch as an uninterrupted one.
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
     from transformers import TrainerCallback
 
     from charlora.evaluate import reply_loss
@@ -176,6 +192,18 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
         def __init__(self):
             self.history: list[tuple[int, float]] = []  # (optimizer step, held-out loss)
             self.best: tuple[float, int, dict] | None = None  # (loss, step, adapter weights)
+            if resume_from is not None and (resume_from / "held_out.json").is_file():
+                saved = json.loads((resume_from / "held_out.json").read_text())
+                self.history = [tuple(h) for h in saved["history"]]
+                if saved.get("best_step") is not None:
+                    self.best = (saved["best_loss"], saved["best_step"], load_file(resume_from / "best_adapter.safetensors"))
+
+        def save_to(self, folder: Path) -> None:
+            """Into a checkpoint (called by the checkpoint saver before it marks the checkpoint complete)."""
+            best = {"best_loss": self.best[0], "best_step": self.best[1]} if self.best else {}
+            (folder / "held_out.json").write_text(json.dumps({"history": self.history, **best}))
+            if self.best:
+                save_file({k: v.contiguous() for k, v in self.best[2].items()}, folder / "best_adapter.safetensors")
 
         def score(self, step: int, epoch: float, batch_size: int) -> None:
             loss = reply_loss(model, tokenizer, held_out, cutoff_len, batch_size=batch_size)
@@ -187,8 +215,12 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
                 weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
                 self.best = (loss, step, weights)
 
-        def on_epoch_end(self, args, state, control, **kwargs):
-            self.score(state.global_step, state.epoch, args.per_device_eval_batch_size)
+        def on_step_end(self, args, state, control, **kwargs):
+            # At the last step of each epoch, and here rather than in
+            # on_epoch_end: this runs before the step's checkpoint is saved,
+            # so a run resumed from that checkpoint has this epoch's score.
+            if state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-6:
+                self.score(state.global_step, state.epoch, args.per_device_eval_batch_size)
 
         def on_train_end(self, args, state, control, **kwargs):
             # --max_steps can end a run between epochs
@@ -205,14 +237,36 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
     return KeepBestAdapter()
 
 
-def adapter_destination(loras_dir: Path, lora_name: str, overwrite: bool) -> Path:
-    """loras/<name>, refusing names that leave loras/ and silent overwrites."""
+def adapter_destination(loras_dir: Path, lora_name: str, overwrite: bool, resume: bool = False) -> Path:
+    """loras/<name>, refusing names that leave loras/, silent overwrites, and
+    a fresh start over an interrupted run's checkpoints."""
+    from charlora.checkpoints import CHECKPOINTS, is_adapter, newest_checkpoint
+
     if not lora_name or lora_name in {".", ".."} or Path(lora_name).name != lora_name or "\\" in lora_name:
         raise CharloraError(f"--lora_name must be a plain folder name inside {loras_dir}/, got {lora_name!r}")
     dest = loras_dir / lora_name
+    if resume:
+        if newest_checkpoint(dest / CHECKPOINTS) is None:
+            raise CharloraError(f"--resume: no checkpoint in {dest / CHECKPOINTS}; start the run without --resume")
+        return dest
     if dest.exists() and not overwrite:
+        if not is_adapter(dest) and newest_checkpoint(dest / CHECKPOINTS) is not None:
+            raise CharloraError(f"an interrupted run left checkpoints in {dest / CHECKPOINTS}; add --resume to "
+                                "continue it, or --overwrite to start over")
         raise CharloraError(f"{dest} already exists; pick another --lora_name or pass --overwrite")
     return dest
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail before hours of training, not after, when adapters can't be written."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".charlora-write-test"):
+            pass
+    except OSError as exc:
+        raise CharloraError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
 def resolve_target_modules(spec: str) -> Any:
@@ -269,6 +323,20 @@ def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the finished folder at dest in two renames, so an interruption at
+    any point leaves either the old adapter or the new one, never a mix.  The
+    old folder, with the checkpoints of the run that just finished, goes."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+        new.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(dest)
+
+
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     import time
 
@@ -284,9 +352,24 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     for flag in ("batch_size", "grad_accum", "lora_rank"):
         if getattr(cfg, flag) < 1:
             raise CharloraError(f"--{flag} must be at least 1, got {getattr(cfg, flag)}")
-    if cfg.epochs <= 0 and cfg.max_steps <= 0:
-        raise CharloraError(f"--epochs must be positive, got {cfg.epochs}")
+    if not (math.isfinite(cfg.epochs) and (cfg.epochs > 0 or cfg.max_steps > 0)):
+        raise CharloraError(f"--epochs must be a positive number, got {cfg.epochs}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise CharloraError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise CharloraError(f"--lora_dropout is a probability, in [0, 1), got {cfg.lora_dropout}")
+    if cfg.lora_alpha <= 0:
+        raise CharloraError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    if not (math.isfinite(cfg.neftune_noise_alpha) and cfg.neftune_noise_alpha >= 0):
+        raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
+    if cfg.save_steps < 0 or cfg.save_total_limit < 1:
+        raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
+                            f"got {cfg.save_steps} and {cfg.save_total_limit}")
 
+    # torchrun / accelerate launch: only the first process writes files and talks.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:
+        log = lambda *args, **kwargs: None  # noqa: E731
     samples = load_samples(cfg.dataset_name)
     models_dir, note = models.resolve_dir(cfg.models_dir, "models")
     if note:
@@ -295,7 +378,15 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if note:
         log(note)
     model_path = models.find_model(models_dir, cfg.model_name)
-    dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite)
+    dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
+    ensure_writable(loras_dir)
+    from charlora import checkpoints
+
+    ckpt_dir = dest / checkpoints.CHECKPOINTS
+    settings = asdict(cfg)
+    resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None
+    if resume_from is not None:
+        checkpoints.check_resumable(ckpt_dir, settings)
     merge_dest = models_dir / f"{cfg.model_name}-{cfg.lora_name}" if cfg.merge else None
     if merge_dest is not None and merge_dest.exists():
         raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")
@@ -317,7 +408,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     from transformers import AutoConfig
 
-    n_params = models.count_parameters(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code))
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    models.check_vocabulary(tokenizer, model_config, model_path)
+    models.check_weights(model_path, cfg.allow_pickle)
+    n_params = models.count_parameters(model_config)
     quant = models.choose_quantization(cfg.quantization, 2 * n_params, models.available_memory(device))
     if quant != "none" and device == "cpu" and cfg.quantization == "auto":
         log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
@@ -328,7 +422,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
-    model = models.load_model(model_path, quant, dtype, device, cfg.trust_remote_code)
+    model = models.load_model(model_path, quant, dtype, device, cfg.trust_remote_code, cfg.allow_pickle)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quant != "none":
@@ -347,12 +441,19 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     trainable, total = model.get_nb_trainable_parameters()
     log(f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable / 1e6:.2f}M trainable parameters ({100 * trainable / total:.2f}%)")
 
-    steps_per_epoch = math.ceil(math.ceil(len(data) / cfg.batch_size) / cfg.grad_accum)
+    # Under torchrun / accelerate launch every process takes its own batches.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(math.ceil(len(data) / (cfg.batch_size * world)) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    save_steps = cfg.save_steps if cfg.save_steps > 0 else max(1, total_steps // 10)
     work_dir = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if not cfg.resume:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # --overwrite: an old run's checkpoints go
+        checkpoints.record_run(ckpt_dir, settings)
     args = TrainingArguments(
-        output_dir=str(work_dir),
+        output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -370,13 +471,17 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         logging_steps=max(1, total_steps // 20),
         logging_first_step=True,
         eval_strategy="no",  # held-out samples are scored by make_best_keeper's callback
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=cfg.save_total_limit,
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
-        disable_tqdm=False,
+        ddp_backend="gloo" if device == "cpu" and world > 1 else None,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every step
+        disable_tqdm=not main_process,
     )
     packing = cfg.packing and models.supports_packing(model)
     if cfg.packing and not packing:
@@ -386,18 +491,41 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     model.config.use_cache = False
     collator = make_collator(tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation))
     reply_head = ReplyOnlyHead(model)
-    keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log) if eval_samples else None
+    keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from) if eval_samples else None
+    saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=collator,
-                                   reply_head=reply_head, callbacks=[keeper] if keeper else None)
-    log(f"training on {len(data)} samples ({len(eval_samples)} held out), "
-        f"{total_steps} optimizer steps of {cfg.batch_size}x{cfg.grad_accum} samples")
+                                   reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []))
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    log(f"training on {len(data)} samples ({len(eval_samples)} held out), {total_steps} optimizer steps of "
+        f"{per_step} samples ({cfg.batch_size} a batch x {cfg.grad_accum} accumulated x {world} process"
+        f"{'es' if world > 1 else ''}); checkpoints every {save_steps} steps in {ckpt_dir}")
+    if resume_from is not None:
+        log(f"resuming from {resume_from}")
     start = time.time()
     try:
-        run = trainer.train()
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-written stays behind
+        run = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException as exc:
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar before the error line
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
+        # The checkpoints stay for --resume; a folder that holds nothing else
+        # (the run failed before its first checkpoint) goes.
+        if main_process and checkpoints.newest_checkpoint(ckpt_dir) is None:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            if dest.is_dir() and not any(dest.iterdir()):
+                dest.rmdir()
+        if isinstance(exc, OSError):  # disk full, folder gone read-only, ...
+            kept = checkpoints.newest_checkpoint(ckpt_dir) if main_process else None
+            raise CharloraError(f"training stopped: could not write {exc.filename or 'a checkpoint'} "
+                                f"({exc.strerror or exc}); " + (f"{kept} is kept for --resume" if kept else
+                                                                "no checkpoint had been saved")) from None
         raise
     seconds = time.time() - start
+    if saver.interrupted:
+        raise checkpoints.Interrupted(
+            f"stopped at step {trainer.state.global_step} of {total_steps}; checkpoint saved in "
+            f"{checkpoints.newest_checkpoint(ckpt_dir)}; run the same command with --resume to continue")
 
     history = trainer.state.log_history
     logged = [(h["step"], h["loss"]) for h in history if "loss" in h]
@@ -410,9 +538,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     reply_head.handle.remove()
     model.config.use_cache = True
-    model.save_pretrained(work_dir)
     result = TrainResult(dest, len(data), len(eval_samples), trainer.state.global_step, losses, eval_loss,
-                         run.training_loss, seconds)
+                         run.training_loss, seconds, main_process=main_process)
+    if not main_process:
+        return result
     character = adapter.character_name(samples)
     record = {"config": asdict(cfg), "base_model": str(model_path), "adapter_dir": str(dest), "character": character,
               "quantization": quant, "dtype": str(dtype).removeprefix("torch."),
@@ -420,23 +549,20 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "optimizer_steps": result.optimizer_steps, "train_losses": losses,
               "train_loss_steps": [step for step, _ in logged], "mean_train_loss": run.training_loss,
               "eval_losses": evals, "eval_loss": eval_loss, "kept_step": best_step,
-              "packing": packing, "train_seconds": round(seconds, 1)}
-    (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
-    adapter.write_card(work_dir, record, logged)
-    adapter.plot_losses(work_dir, logged, evals)
+              "packing": packing, "world_size": world, "samples_per_step": per_step,
+              "train_seconds": round(seconds, 1)}
     card = adapter.character_card(character, samples)
-    adapter.write_character(work_dir / f"{character}.yaml", card)
-    shutil.rmtree(work_dir / "runs", ignore_errors=True)
-    # Swap in the finished folder only now: an interrupted run leaves the
-    # previous adapter (if any) untouched.
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        work_dir.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        work_dir.rename(dest)
+    try:
+        model.save_pretrained(work_dir)
+        (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        adapter.write_card(work_dir, record, logged)
+        adapter.plot_losses(work_dir, logged, evals)
+        adapter.write_character(work_dir / f"{character}.yaml", card)
+        replace_folder(work_dir, dest)
+    except OSError as exc:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise CharloraError(f"could not write the adapter ({exc.strerror or exc}); {dest} is as it was, and the "
+                            f"finished run's checkpoint is in {ckpt_dir}: free the space and rerun with --resume") from None
 
     if cfg.export_character:
         characters_dir, _ = models.resolve_dir(cfg.characters_dir, "characters")

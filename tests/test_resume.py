@@ -1,0 +1,121 @@
+"""Checkpoints, --resume and Ctrl-C: an interrupted run loses nothing and ends
+with the same adapter as an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lora_finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def args(models_dir, loras, dataset, name, *extra):
+    # 12 training samples, batch 4: 3 steps an epoch; 40 epochs = 120 steps,
+    # long enough to kill mid-way; defaults otherwise (dropout, NEFTune on),
+    # so the RNG state has to be restored too.
+    return ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(loras), "-d", str(dataset),
+            "-l", name, "-b", "4", "-e", "40", "--grad_accum", "1", "--learning_rate", "1e-2",
+            "--sample_replies", "0", "--dtype", "fp32", "--eval_split", "0.25", "--save_steps", "10", *extra]
+
+
+def launch(argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "lora_finetune.py", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc, timeout=120):
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def tensors(folder: Path):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(models_dir, tiny_dataset, tmp_path_factory):
+    loras = tmp_path_factory.mktemp("ref")
+    assert lora_finetune.main(args(models_dir, loras, tiny_dataset, "a")) == 0
+    return loras / "a"
+
+
+def assert_same_adapter(folder: Path, reference: Path):
+    import torch
+
+    got, want = tensors(folder), tensors(reference)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    rec, ref = (json.loads((f / "charlora_config.json").read_text()) for f in (folder, reference))
+    assert rec["optimizer_steps"] == ref["optimizer_steps"] == 120
+    assert [s for s, _ in rec["eval_losses"]] == [s for s, _ in ref["eval_losses"]]  # every epoch scored once
+    assert rec["kept_step"] == ref["kept_step"]
+    assert rec["eval_loss"] == pytest.approx(ref["eval_loss"], rel=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_adapter(models_dir, tiny_dataset, tmp_path, reference):
+    proc = launch(args(models_dir, tmp_path, tiny_dataset, "a"))
+    wait_for(tmp_path / "a" / "checkpoints" / "checkpoint-30" / "charlora_complete", proc)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: a crash or power cut
+    proc.wait()
+    assert not (tmp_path / "a" / "adapter_config.json").exists(), "the run finished before it was killed"
+
+    # A fresh start would throw the checkpoints away: refused without a flag.
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "a")) == 2
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "a", "--resume")) == 0
+    assert_same_adapter(tmp_path / "a", reference)
+    assert not (tmp_path / "a" / "checkpoints").exists()  # a finished run keeps only the adapter
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(models_dir, tiny_dataset, tmp_path, reference):
+    proc = launch(args(models_dir, tmp_path, tiny_dataset, "a"))
+    wait_for(tmp_path / "a" / "checkpoints" / "checkpoint-20" / "charlora_complete", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped at step ") and last.endswith("run the same command with --resume to continue")
+    step = int(last.split("stopped at step ")[1].split()[0])
+    assert 20 <= step < 120
+    assert (tmp_path / "a" / "checkpoints" / f"checkpoint-{step}" / "charlora_complete").is_file()
+    assert not (tmp_path / "a" / "adapter_config.json").exists()
+    assert "Traceback" not in err
+
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "a", "--resume")) == 0
+    assert_same_adapter(tmp_path / "a", reference)
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(models_dir, tiny_dataset, tmp_path, capsys):
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "b", "--resume")) == 2
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+    ckpts = tmp_path / "b" / "checkpoints"
+    (ckpts / "checkpoint-10").mkdir(parents=True)
+    (ckpts / "checkpoint-10" / "charlora_complete").write_text("10")
+    # the settings of a run that differed only in its learning rate
+    import dataclasses
+
+    from charlora.train import TrainConfig
+
+    parsed = vars(lora_finetune.make_parser().parse_args(args(models_dir, tmp_path, tiny_dataset, "b")))
+    settings = dataclasses.asdict(TrainConfig(**{f.name: parsed[f.name] for f in dataclasses.fields(TrainConfig)}))
+    (ckpts / "charlora_run.json").write_text(json.dumps({**settings, "learning_rate": 0.001}))
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "b", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume: the checkpoints in") and "--learning_rate 0.001 -> 0.01" in err
+    assert len(err.splitlines()) == 1
