@@ -1,5 +1,6 @@
 """Training speed and memory: the naive recipe, this toolkit, and TRL, side by side.
 
+    .venv/bin/pip install -r requirements-bench.txt     # TRL, the peer
     python bench/throughput.py -m SmolLM2-135M-Instruct
     python bench/throughput.py -m SmolLM2-135M-Instruct --variants naive,default,packed --epochs 2
 
