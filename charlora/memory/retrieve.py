@@ -1,0 +1,112 @@
+"""Long-term memory: find the earlier turns and session summaries that bear on
+what the user just said.
+
+Each candidate gets a relevance in [0, 1]:
+- keyword: FTS5's BM25 over content words (porter-stemmed), squashed as
+  s / (s + KEYWORD_HALF) so one scale serves every corpus size;
+- embedding: cosine similarity of unit vectors, below 0 counted as 0;
+- hybrid: the mean of the two (a candidate one method misses scores 0 there).
+Then score = relevance + recency_weight * 0.5 ** (age / half-life), so among
+equally relevant memories the newer wins; a candidate needs relevance >=
+threshold.  Turns in the short-term window and this session's own summary
+are excluded: they are in the prompt already.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from charlora.memory.embed import Embedder
+from charlora.memory.store import MemoryStore
+from charlora.memory.text import fts_query
+
+METHODS = ("keyword", "embedding", "hybrid")
+# BM25 score at which the keyword relevance is 0.5; one rare shared word among
+# a few hundred turns scores about 5-8 in FTS5.
+KEYWORD_HALF = 5.0
+KEYWORD_CANDIDATES = 200
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str  # "turn" or "summary"
+    id: int
+    speaker: str | None
+    text: str
+    created: float
+    keyword: float
+    embedding: float
+    relevance: float
+    score: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind[0]}{self.id}"
+
+
+def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
+    """Embed every turn and summary the store has no vector for under this model."""
+    for kind, items in (("turn", {t.id: t.text for t in store.turns()}),
+                        ("summary", {s.id: s.text for s in store.summaries().values()})):
+        have = store.vectors(kind, embedder.name)
+        missing = [i for i in items if i not in have]
+        if missing:
+            vecs = embedder.embed([items[i] for i in missing])
+            store.add_vectors(kind, embedder.name, dict(zip(missing, vecs)))
+
+
+def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: Embedder | None = None,
+             exclude_turns: Iterable[int] = (), exclude_summaries: Iterable[int] = (), k: int = 5,
+             threshold: float = 0.0, recency_weight: float = 0.1, half_life_days: float = 7.0,
+             now: float | None = None) -> list[Hit]:
+    """The best `k` memories for `query`, best first."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    if method != "keyword" and embedder is None:
+        method = "keyword"  # no embedding model: say so at load time, not on every turn
+    now = time.time() if now is None else now
+    skip = {"turn": set(exclude_turns), "summary": set(exclude_summaries)}
+    keyword: dict[tuple[str, int], float] = {}
+    dense: dict[tuple[str, int], float] = {}
+    if method in ("keyword", "hybrid"):
+        q = fts_query(query)
+        for kind in ("turn", "summary"):
+            for ref, s in store.keyword_search(kind, q, KEYWORD_CANDIDATES):
+                if ref not in skip[kind]:
+                    keyword[(kind, ref)] = s / (s + KEYWORD_HALF)
+    if method in ("embedding", "hybrid"):
+        ensure_vectors(store, embedder)
+        qv = embedder.embed([query])[0]
+        for kind in ("turn", "summary"):
+            vecs = store.vectors(kind, embedder.name)
+            refs = [r for r in vecs if r not in skip[kind]]
+            if refs:
+                sims = np.stack([vecs[r] for r in refs]) @ qv
+                dense.update({(kind, r): max(0.0, float(s)) for r, s in zip(refs, sims)})
+    turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
+    summaries = store.summaries()
+    hits = []
+    for key in keyword.keys() | dense.keys():
+        kind, ref = key
+        kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
+        relevance = {"keyword": kw, "embedding": emb, "hybrid": (kw + emb) / 2}[method]
+        if relevance < threshold or relevance <= 0:
+            continue
+        if kind == "turn":
+            if ref not in turns:
+                continue
+            t = turns[ref]
+            speaker, text, created = t.speaker, t.text, t.created
+        else:
+            if ref not in summaries:
+                continue
+            s = summaries[ref]
+            speaker, text, created = None, s.text, s.updated
+        recency = 0.5 ** (max(0.0, now - created) / (half_life_days * DAY))
+        hits.append(Hit(kind, ref, speaker, text, created, kw, emb, relevance, relevance + recency_weight * recency))
+    hits.sort(key=lambda h: (-h.score, -h.created, h.kind, h.id))
+    return hits[:k]
