@@ -31,16 +31,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class HashEmbedder:
-    """A deterministic stand-in for the sentence model: hashed bag of words."""
+    """A deterministic stand-in for the sentence model: hashed bag of crudely
+    stemmed content words ("sister's" and "sisters" count as "sister")."""
 
-    name = "hash-64"
+    name = "hash-512"
 
     def embed(self, texts):
-        out = np.zeros((len(texts), 64), dtype=np.float32)
+        out = np.zeros((len(texts), 512), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in fts_query(text).replace('"', "").split(" OR "):
+                word = word.removesuffix("'s")
+                word = word[:-1] if word.endswith("s") and len(word) > 3 else word
                 if word:
-                    out[row, zlib.crc32(word.encode()) % 64] += 1
+                    out[row, zlib.crc32(word.encode()) % 512] += 1
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
 

@@ -168,6 +168,8 @@ class ChatMemory:
         recalled: list[tuple[float, Injected]] = []
         used = 0
         for hit in self.recall(query, window_ids) if query else []:
+            if any(hit.text in item.line.text for _, item in recalled):
+                continue  # the same words said twice are recalled once
             text = (f"(Earlier, {hit.speaker} said: {hit.text})" if hit.kind == "turn" and hit.speaker
                     else f"(Earlier: {hit.text})" if hit.kind == "turn"
                     else f"(From an earlier conversation: {hit.text})")

@@ -5,7 +5,8 @@ Each candidate gets a relevance in [0, 1]:
 - keyword: FTS5's BM25 over content words (porter-stemmed), squashed as
   s / (s + KEYWORD_HALF) so one scale serves every corpus size;
 - embedding: cosine similarity of unit vectors, below 0 counted as 0;
-- hybrid: the mean of the two (a candidate one method misses scores 0 there).
+- hybrid: 0.3 x keyword + 0.7 x embedding (a candidate one method misses
+  scores 0 there); the embedding carries paraphrase, the keyword rare names.
 Then score = relevance + recency_weight * 0.5 ** (age / half-life), so among
 equally relevant memories the newer wins; a candidate needs relevance >=
 threshold.  Turns in the short-term window and this session's own summary
@@ -28,6 +29,10 @@ METHODS = ("keyword", "embedding", "hybrid")
 # a few hundred turns scores about 5-8 in FTS5.
 KEYWORD_HALF = 5.0
 KEYWORD_CANDIDATES = 200
+# hybrid relevance = this x keyword + the rest x embedding.  Chosen among 0.5,
+# 0.35 and 0.2 on bench/memory.py --seed 0 (0.3: between the two that tied at
+# recall@5); the numbers in docs/benchmarks.md are from --seed 1.
+KEYWORD_WEIGHT = 0.3
 DAY = 86400.0
 
 
@@ -93,7 +98,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
     for key in keyword.keys() | dense.keys():
         kind, ref = key
         kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
-        relevance = {"keyword": kw, "embedding": emb, "hybrid": (kw + emb) / 2}[method]
+        relevance = {"keyword": kw, "embedding": emb, "hybrid": KEYWORD_WEIGHT * kw + (1 - KEYWORD_WEIGHT) * emb}[method]
         if relevance < threshold or relevance <= 0:
             continue
         if kind == "turn":
