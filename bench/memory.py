@@ -134,8 +134,10 @@ def conversation(rng: random.Random) -> tuple[list[list[Line]], list[tuple[int, 
         s2[12 * i + 2] = Line(USER, other)
     s3 = [line for _ in range(10) for line in (talk(), reply())]
     questions = []
-    asked = [(i, kind) for i in range(4) for kind in ("attribute", "by name")]
-    for i, kind in rng.sample(asked, len(asked)):
+    # Every attribute question before any by-name one: a by-name question says the answer
+    # ("Should I avoid peanuts at the party?") and would leak it into the recent lines.
+    order = [(i, "attribute") for i in rng.sample(range(4), 4)] + [(i, "by name") for i in rng.sample(range(4), 4)]
+    for i, kind in order:
         s3 += [talk(), reply(), talk(), reply()]
         text = facts[i][1] if kind == "attribute" else facts[i][2].format(values[i])
         questions.append((len(s3), evidence[i], text, values[i], kind))

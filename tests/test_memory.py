@@ -249,7 +249,7 @@ def test_memory_and_forget_commands(tmp_path, tiny_tokenizers):
     s = ChatSession(model, tiny_tokenizers["llama-like"], Settings("Bob", "Alice", rounds=2, max_new_tokens=3))
     s.memory = ChatMemory.open(MemorySettings(memory_dir=tmp_path, recall_threshold=0.1), "Bob", "Alice",
                                count_tokens=s.count_tokens, clock=Clock())
-    replies = iter(["Aye.", "A fine dog.", "Indeed.", "So it is."])
+    replies = iter(["Aye.", "A fine dog.", "Indeed.", "So it is.", "Farewell."])
     s.generate = lambda prompt, stream=None: (next(replies), "eos")
     log: list[str] = []
     handle_command(s, "/memory", log.append)
@@ -275,10 +275,20 @@ def test_memory_and_forget_commands(tmp_path, tiny_tokenizers):
     assert [f.text for f in s.memory.store.facts()] == ["I was born in May."]
     # The turn is gone from the conversation too; the summary made before keeps its words (see /forget s1).
     assert Line("Alice", "My dog is called Rex.") not in s.history and len(s.history) == 7
+    assert s.memory.ids == [1, 2, 4, 5, 6, 7, 8]
     s.prompt()
     assert [i.ref for i in s.memory.last.items] == ["s1", "f2", "t4"]  # t4: Bob's "A fine dog."
     with pytest.raises(CharloraError, match="no item t3 in this memory"):
         handle_command(s, "/forget t3", log.append)
+    # A forgotten summary stays forgotten: the next fold covers only newer lines
+    # (s.prompt() above folded turn 6, "Indeed.", into s1; it does not come back).
+    assert s.memory.store.summary(s.memory.session_id).last_turn == 6
+    handle_command(s, "/forget s1", log.append)
+    s.say("Goodbye now.")
+    summary = s.memory.store.summary(s.memory.session_id)
+    assert (summary.text, summary.last_turn) == ("Alice: Is my dog Rex a good dog?", 7)
+    with pytest.raises(CharloraError, match="no item s9 in this memory"):
+        handle_command(s, "/forget s9", log.append)
 
 
 def test_forget_errors_and_remember(tmp_path):

@@ -237,7 +237,7 @@ class ChatMemory:
         elif kind == "f":
             done = self.store.delete_fact(n)
         else:
-            done = self.store.delete_summary(n)
+            done = self.store.clear_summary(n)
         if not done:
             raise CharloraError(f"no item {ref} in this memory")
         self.last.items = [i for i in self.last.items if ref not in i.ref.split(",")]

@@ -56,7 +56,7 @@ class Hit:
 def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
     """Embed every turn and summary the store has no vector for under this model."""
     for kind, items in (("turn", {t.id: t.text for t in store.turns()}),
-                        ("summary", {s.id: s.text for s in store.summaries().values()})):
+                        ("summary", {s.id: s.text for s in store.summaries().values() if s.text})):
         have = store.vectors(kind, embedder.name)
         missing = [i for i in items if i not in have]
         if missing:
@@ -107,7 +107,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
             t = turns[ref]
             speaker, text, created = t.speaker, t.text, t.created
         else:
-            if ref not in summaries:
+            if ref not in summaries or not summaries[ref].text:  # a forgotten summary
                 continue
             s = summaries[ref]
             speaker, text, created = None, s.text, s.updated

@@ -225,8 +225,11 @@ class MemoryStore:
                         "method = excluded.method, updated = excluded.updated",
                         (session_id, text, first_turn, last_turn, method, now))
 
-    def delete_summary(self, summary_id: int) -> bool:
-        return self.db.execute("DELETE FROM summaries WHERE id = ?", (summary_id,)).rowcount > 0
+    def clear_summary(self, summary_id: int) -> bool:
+        """Empty a summary but keep the range it covered, so the lines it
+        summarized are not folded into the next summary again."""
+        return self.db.execute("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
+                               (summary_id,)).rowcount > 0
 
     # ---------------------------------------------------------------- facts
 
