@@ -238,6 +238,18 @@ def test_a_session_1_fact_is_recalled_in_session_3_after_100_distractor_turns(tm
     assert kw[0].id == 3
 
 
+def test_keyword_recall_works_in_a_young_memory_and_recalls_words_once(tmp_path):
+    # Six turns: BM25's IDF is ~0 for every word here, the word share still counts.
+    mem = memory(tmp_path, short_term_tokens=8)
+    talk(mem, [], "My dog is called Biscuit.", "Why, my dog is called Cousin.", "Nice day.", "Aye.", "Rain.")
+    mem.new_session()
+    talk(mem, [], "What is my dog called?")
+    # The earlier session's summary holds both dog lines, so the turns are not recalled again.
+    assert [(i.ref, i.line.text) for i in mem.last.items] == [
+        ("f1", "(What Alice has told Bob: My dog is called Biscuit.)"),
+        ("s1", "(From an earlier conversation: Alice: My dog is called Biscuit. / Bob: Why, my dog is called Cousin.)")]
+
+
 def test_memory_and_forget_commands(tmp_path, tiny_tokenizers):
     import torch
     from transformers import AutoModelForCausalLM
@@ -260,7 +272,7 @@ def test_memory_and_forget_commands(tmp_path, tiny_tokenizers):
     handle_command(s, "/memory", log.append)
     assert log[0].startswith(f"(memory: {tmp_path / 'Bob--Alice.sqlite'}, session '") and log[0].endswith("8 turns saved)")
     rows = {row.split()[0]: row for row in log[1:-1]}
-    assert list(rows) == ["s1", "f1", "t3"], log
+    assert list(rows) == ["s1", "f1", "t3", "t4"], log
     assert rows["t3"].endswith("tokens: (Earlier, Alice said: My dog is called Rex.)")
     assert rows["s1"].startswith("  s1  summary of this session's turns 1-5 (extractive)")
     assert log[-1].startswith("  + 2 recent lines (")

@@ -28,7 +28,7 @@ from charlora.errors import CharloraError
 from charlora.memory.embed import Embedder
 from charlora.memory.retrieve import Hit, retrieve
 from charlora.memory.store import MemoryStore, memory_file
-from charlora.memory.summarize import Summarizer
+from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
 from charlora.prompt import build_prompt
 
@@ -168,8 +168,10 @@ class ChatMemory:
         recalled: list[tuple[float, Injected]] = []
         used = 0
         for hit in self.recall(query, window_ids) if query else []:
-            if any(hit.text in item.line.text for _, item in recalled):
-                continue  # the same words said twice are recalled once
+            shown = " ".join(item.line.text for _, item in recalled)
+            parts = [p.partition(": ")[2] or p for p in hit.text.split(SEPARATOR)]
+            if all(part in shown for part in parts):
+                continue  # already recalled: the same words said twice, or a summary of recalled turns
             text = (f"(Earlier, {hit.speaker} said: {hit.text})" if hit.kind == "turn" and hit.speaker
                     else f"(Earlier: {hit.text})" if hit.kind == "turn"
                     else f"(From an earlier conversation: {hit.text})")

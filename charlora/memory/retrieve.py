@@ -2,8 +2,11 @@
 what the user just said.
 
 Each candidate gets a relevance in [0, 1]:
-- keyword: FTS5's BM25 over content words (porter-stemmed), squashed as
-  s / (s + KEYWORD_HALF) so one scale serves every corpus size;
+- keyword: the mean of FTS5's BM25 over content words (porter-stemmed),
+  squashed as s / (s + KEYWORD_HALF), and the share of the query's content
+  words the candidate holds.  BM25 alone collapses in a young memory: with
+  a handful of turns every word is common, its IDF is ~0, and nothing would
+  pass the threshold; the share does not depend on the corpus;
 - embedding: cosine similarity of unit vectors, below 0 counted as 0;
 - hybrid: 0.3 x keyword + 0.7 x embedding (a candidate one method misses
   scores 0 there); the embedding carries paraphrase, the keyword rare names.
@@ -22,7 +25,7 @@ import numpy as np
 
 from charlora.memory.embed import Embedder
 from charlora.memory.store import MemoryStore
-from charlora.memory.text import fts_query
+from charlora.memory.text import content_words, fts_query
 
 METHODS = ("keyword", "embedding", "hybrid")
 # BM25 score at which the keyword relevance is 0.5; one rare shared word among
@@ -51,6 +54,20 @@ class Hit:
     @property
     def ref(self) -> str:
         return f"{self.kind[0]}{self.id}"
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Equal, or one a prefix of the other ("play"/"plays", "dog"/"dogs"): a stemmer's poor cousin."""
+    short, long = sorted((a, b), key=len)
+    return long.startswith(short) and len(short) >= 3 and len(long) - len(short) <= 3
+
+
+def coverage(query: str, text: str) -> float:
+    """The share of the query's content words that `text` holds."""
+    wanted, have = set(content_words(query)), set(content_words(text))
+    if not wanted:
+        return 0.0
+    return sum(any(_same_word(w, h) for h in have) for w in wanted) / len(wanted)
 
 
 def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
@@ -94,6 +111,9 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
                 dense.update({(kind, r): max(0.0, float(s)) for r, s in zip(refs, sims)})
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries()
+    for (kind, ref), bm25 in keyword.items():
+        text = turns[ref].text if kind == "turn" and ref in turns else summaries[ref].text if ref in summaries else ""
+        keyword[(kind, ref)] = (bm25 + coverage(query, text)) / 2
     hits = []
     for key in keyword.keys() | dense.keys():
         kind, ref = key
