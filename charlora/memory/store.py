@@ -1,0 +1,273 @@
+"""Memory storage: one SQLite file per (character, user) pair.
+
+Every turn is committed the moment it is said (WAL journal, synchronous=FULL),
+so killing chat.py loses nothing that was already printed.  The schema version
+lives in PRAGMA user_version; a file that is not a database, or that a newer
+charlora wrote, stops with a CharloraError instead of being overwritten.
+
+Tables: sessions (one a conversation), turns (every line, with the time it was
+said), summaries (each session's rolling summary and the turn range it
+covers), facts (what the user said about themselves), vectors (embeddings of
+turns and summaries, per embedding model), plus FTS5 indexes over turns and
+summaries kept in step by triggers.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charlora.dialogue import Line
+from charlora.errors import CharloraError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, started REAL NOT NULL);
+CREATE TABLE turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    speaker TEXT,
+    text TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX turns_by_session ON turns(session_id, id);
+CREATE TABLE summaries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id INTEGER NOT NULL UNIQUE REFERENCES sessions(id),
+    text TEXT NOT NULL,
+    first_turn INTEGER NOT NULL,
+    last_turn INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE facts (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL UNIQUE, turn_id INTEGER, created REAL NOT NULL);
+CREATE TABLE vectors (kind TEXT NOT NULL, ref INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,
+                      PRIMARY KEY (kind, ref, model));
+-- porter: "named" finds "name"; unicode61 folds case and accents.
+CREATE VIRTUAL TABLE turns_fts USING fts5(text, content='turns', content_rowid='id', tokenize='porter unicode61');
+CREATE VIRTUAL TABLE summaries_fts USING fts5(text, content='summaries', content_rowid='id', tokenize='porter unicode61');
+CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
+    INSERT INTO turns_fts(rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
+CREATE TRIGGER summaries_ai AFTER INSERT ON summaries BEGIN
+    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER summaries_ad AFTER DELETE ON summaries BEGIN
+    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
+CREATE TRIGGER summaries_au AFTER UPDATE ON summaries BEGIN
+    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text);
+    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
+"""
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    session_id: int
+    speaker: str | None
+    text: str
+    created: float
+
+    @property
+    def line(self) -> Line:
+        return Line(self.speaker, self.text)
+
+
+@dataclass(frozen=True)
+class Summary:
+    id: int
+    session_id: int
+    text: str
+    first_turn: int
+    last_turn: int
+    method: str  # "model" or "extractive"
+    updated: float
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: int
+    text: str
+    created: float
+
+
+def memory_file(memory_dir: str | Path, name: str, user: str) -> Path:
+    """<memory_dir>/<name>--<user>.sqlite, names reduced to safe file-name characters."""
+    def safe(s: str) -> str:
+        return re.sub(r"[^\w.-]+", "_", s).strip("._") or "_"
+
+    return Path(memory_dir) / f"{safe(name)}--{safe(user)}.sqlite"
+
+
+class MemoryStore:
+    """The SQLite file of one (character, user) pair."""
+
+    def __init__(self, path: str | Path, name: str, user: str):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CharloraError(f"cannot create memory folder {self.path.parent}: {exc.strerror}") from None
+        # isolation_level=None: every statement commits on its own unless a
+        # `with self.db:` block groups several.
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            self._open(name, user)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise CharloraError(f"memory file {self.path} is unreadable ({exc}); move it away to start a new "
+                                "memory, nothing was changed") from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open(self, name: str, user: str) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]  # reads the header: fails on a non-database
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version > SCHEMA_VERSION:
+            raise CharloraError(f"memory file {self.path} has schema version {version}, newer than this charlora "
+                                f"reads ({SCHEMA_VERSION}); update charlora or use another --memory_dir")
+        if version == 0 and tables:
+            raise CharloraError(f"{self.path} is an SQLite file but not a charlora memory (no schema version); "
+                                "move it away or use another --memory_dir")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        # FULL: each commit reaches the disk before the chat goes on; a turn
+        # costs one fsync, nothing next to generating a reply.
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if version == 0:
+            # One transaction: a file is either a whole schema with its version or untouched.
+            quote = lambda s: "'" + s.replace("'", "''") + "'"
+            self.db.executescript(f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('character', {quote(name)}), "
+                                  f"('user', {quote(user)}); PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        if (meta.get("character"), meta.get("user")) != (name, user):
+            raise CharloraError(f"memory file {self.path} belongs to {meta.get('character')!r} talking with "
+                                f"{meta.get('user')!r}, not {name!r} with {user!r}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ sessions
+
+    def session(self, name: str | None, now: float | None = None) -> tuple[int, str, bool]:
+        """(id, name, resumed): the named session if it exists, else a new one
+        (named by its start time when `name` is None)."""
+        now = time.time() if now is None else now
+        if name is not None:
+            row = self.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                return row[0], name, True
+        else:
+            base = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(now))
+            name, n = base, 1
+            while self.db.execute("SELECT 1 FROM sessions WHERE name = ?", (name,)).fetchone():
+                n += 1
+                name = f"{base}-{n}"
+        cur = self.db.execute("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        return cur.lastrowid, name, False
+
+    def sessions(self) -> list[tuple[int, str, int]]:
+        """[(id, name, number of turns)] oldest first."""
+        return list(self.db.execute("SELECT s.id, s.name, COUNT(t.id) FROM sessions s LEFT JOIN turns t "
+                                    "ON t.session_id = s.id GROUP BY s.id ORDER BY s.id"))
+
+    # --------------------------------------------------------------- turns
+
+    def add_turn(self, session_id: int, line: Line, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        cur = self.db.execute("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
+                              (session_id, line.speaker, line.text, now))
+        return cur.lastrowid
+
+    def turns(self, session_id: int | None = None) -> list[Turn]:
+        where, args = ("WHERE session_id = ?", (session_id,)) if session_id is not None else ("", ())
+        return [Turn(*r) for r in self.db.execute(
+            f"SELECT id, session_id, speaker, text, created FROM turns {where} ORDER BY id", args)]
+
+    def turns_by_id(self, ids) -> dict[int, Turn]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r[0]: Turn(*r) for r in self.db.execute(
+            f"SELECT id, session_id, speaker, text, created FROM turns WHERE id IN ({marks})", ids)}
+
+    def delete_turn(self, turn_id: int) -> bool:
+        return self.db.execute("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
+
+    # ------------------------------------------------------------ summaries
+
+    def summary(self, session_id: int) -> Summary | None:
+        row = self.db.execute("SELECT id, session_id, text, first_turn, last_turn, method, updated FROM summaries "
+                              "WHERE session_id = ?", (session_id,)).fetchone()
+        return Summary(*row) if row else None
+
+    def summaries(self) -> dict[int, Summary]:
+        return {r[0]: Summary(*r) for r in self.db.execute(
+            "SELECT id, session_id, text, first_turn, last_turn, method, updated FROM summaries")}
+
+    def set_summary(self, session_id: int, text: str, first_turn: int, last_turn: int, method: str,
+                    now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.db.execute("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
+                        "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
+                        "method = excluded.method, updated = excluded.updated",
+                        (session_id, text, first_turn, last_turn, method, now))
+
+    def clear_summary(self, summary_id: int) -> bool:
+        """Empty a summary but keep the range it covered, so the lines it
+        summarized are not folded into the next summary again."""
+        return self.db.execute("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
+                               (summary_id,)).rowcount > 0
+
+    # ---------------------------------------------------------------- facts
+
+    def add_fact(self, text: str, turn_id: int | None = None, now: float | None = None) -> int | None:
+        """The new fact's id, or None when the same text is already kept."""
+        now = time.time() if now is None else now
+        cur = self.db.execute("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
+                              (text, turn_id, now))
+        return cur.lastrowid if cur.rowcount else None
+
+    def facts(self) -> list[Fact]:
+        return [Fact(*r) for r in self.db.execute("SELECT id, text, created FROM facts ORDER BY id")]
+
+    def delete_fact(self, fact_id: int) -> bool:
+        return self.db.execute("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
+
+    # ---------------------------------------------------------- keyword search
+
+    def keyword_search(self, kind: str, query: str, limit: int) -> list[tuple[int, float]]:
+        """[(turn or summary id, BM25 score, higher is better)] for an FTS5 query."""
+        table = {"turn": "turns_fts", "summary": "summaries_fts"}[kind]
+        if not query:
+            return []
+        # bm25() is lower-is-better (negative); flip it.
+        rows = self.db.execute(f"SELECT rowid, -bm25({table}) FROM {table} WHERE {table} MATCH ? "
+                               f"ORDER BY bm25({table}) LIMIT ?", (query, limit))
+        return [(r[0], r[1]) for r in rows]
+
+    # -------------------------------------------------------------- vectors
+
+    def vectors(self, kind: str, model: str) -> dict[int, np.ndarray]:
+        return {ref: np.frombuffer(blob, dtype=np.float32) for ref, blob in self.db.execute(
+            "SELECT ref, vec FROM vectors WHERE kind = ? AND model = ?", (kind, model))}
+
+    def add_vectors(self, kind: str, model: str, items: dict[int, np.ndarray]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                                [(kind, ref, model, np.asarray(v, dtype=np.float32).tobytes())
+                                 for ref, v in items.items()])
+
