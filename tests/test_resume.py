@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def args(models_dir, loras, dataset, name, *extra):
     # 12 training samples, batch 4: 3 steps an epoch; 40 epochs = 120 steps,
-    # long enough to kill mid-way; defaults otherwise (dropout, NEFTune on),
+    # long enough to kill mid-way; defaults otherwise (NEFTune noise on),
     # so the RNG state has to be restored too.
     return ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(loras), "-d", str(dataset),
             "-l", name, "-b", "4", "-e", "40", "--grad_accum", "1", "--learning_rate", "1e-2",
