@@ -43,6 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling: keep the likeliest tokens up to this probability")
     p.add_argument("--repetition_penalty", type=float, default=1.1, help="above 1 discourages repeating the prompt's tokens")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
+    p.add_argument("--pcw", type=int, default=0, help="read recalled memories and older history in N parallel context windows "
+                   "beside the recent lines (more context than the model's window; 0: off)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default="auto",
                    help="auto: 16-bit when the model fits in memory, else 8-bit")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError, quiet_libraries
-from charlora.prompt import build_prompt
+from charlora.prompt import build_prompt, format_line
 from charlora.samples import context_window
 
 ENDED_BY = ("eos", "newline", "speaker", "length")
@@ -110,6 +110,44 @@ def fit_context(history: Sequence[Line], name: str, rounds: int, count_tokens: C
     while lines and count_tokens(build_prompt(lines, name)) > budget:
         lines = lines[1:]
     return lines
+
+
+def parallel_windows(lines: Sequence[Line], n: int, count_tokens: Callable[[Line], int],
+                     budget: int) -> list[list[Line]]:
+    """The newest of `lines` that fit `n` windows of `budget` tokens each, in
+    their order, cut into at most n contiguous windows of about equal size.
+
+    PCW windows share one position range, so each may be as long as the room
+    the prompt leaves, and n windows hold n times the context; the newest
+    lines matter most, so the oldest are what is dropped.
+    """
+    if n < 1 or budget < 1:
+        return []
+    sizes = [count_tokens(line) for line in lines]
+    keep, total = 0, 0
+    for size in reversed(sizes):
+        if size > budget or total + size > n * budget:
+            break
+        keep, total = keep + 1, total + size
+    lines, sizes = list(lines[len(lines) - keep :]), sizes[len(sizes) - keep :]
+    # Each line to the window its middle token falls in when the kept tokens
+    # are cut into n equal spans; if a window then overflows, fill windows
+    # from the newest line backwards instead.
+    windows: list[list[Line]] = [[] for _ in range(n)]
+    start = 0
+    for line, size in zip(lines, sizes):
+        windows[min(n - 1, int((start + size / 2) * n / total))].append(line)
+        start += size
+    if any(sum(map(count_tokens, w)) > budget for w in windows):
+        windows, filled = [[]], 0
+        for line, size in zip(reversed(lines), reversed(sizes)):
+            if filled + size > budget:
+                windows.append([])
+                filled = 0
+            windows[-1].insert(0, line)
+            filled += size
+        windows = windows[:n][::-1]
+    return [w for w in windows if w]
 
 
 def history_to_json(history: Sequence[Line]) -> list[dict[str, str | None]]:
@@ -230,6 +268,8 @@ class Settings:
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     greedy: bool = False
+    pcw: int = 0
+    """Parallel context windows for the lines before the prompt's (0: off)."""
 
 
 @dataclass
@@ -281,6 +321,64 @@ class ChatSession:
             return build_prompt(self.memory.context(self.history, self.s.rounds, self.budget), self.s.name)
         return build_prompt(fit_context(self.history, self.s.name, self.s.rounds, self.count_tokens, self.budget), self.s.name)
 
+    def pcw_parts(self) -> tuple[list[int], list[list[int]], list[int]]:
+        """(prefix, windows, task) token ids: the ordinary prompt's lines are the
+        task; recalled memories and the history before them go into
+        --pcw parallel windows, as much as the model's positions allow."""
+        if self.memory is not None:
+            context = self.memory.context(self.history, self.s.rounds, self.budget)
+            recent = self.memory.last.window
+            task_lines = context[len(context) - recent :] if recent else []
+            older = context[: len(context) - recent] + list(self.history[: len(self.history) - recent])
+        else:
+            task_lines = fit_context(self.history, self.s.name, self.s.rounds, self.count_tokens, self.budget)
+            older = list(self.history[: len(self.history) - len(task_lines)])
+        tok = self.tokenizer
+        ids = tok(build_prompt(task_lines, self.s.name))["input_ids"]
+        bos = tok.bos_token_id
+        prefix = ids[:1] if bos is not None and ids[:1] == [bos] else []
+        task = ids[len(prefix) :]
+
+        def line_ids(lines: Sequence[Line]) -> list[int]:
+            # a window is whole lines, each ended by its newline, as in the full prompt
+            return tok("".join(format_line(l) + "\n" for l in lines), add_special_tokens=False)["input_ids"]
+
+        room = (self.budget if self.budget is not None else 4096) - len(prefix) - len(task)
+        windows = parallel_windows(older, self.s.pcw, lambda l: len(line_ids([l])), room)
+        return prefix, [line_ids(w) for w in windows], task
+
+    def generate_pcw(self, stream: TextIO | None = None) -> tuple[str, str]:
+        """generate() for --pcw: charlora.pcw's decoding loop with the same
+        sampling (repetition penalty, temperature, top-p) and the same stops."""
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                  TopPLogitsWarper)
+
+        from charlora.pcw import pcw_generate, sampling_rule
+
+        prefix, windows, task = self.pcw_parts()
+        processors = LogitsProcessorList()
+        if self.s.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.s.repetition_penalty))
+        sample = not (self.s.greedy or self.s.temperature <= 0)
+        if sample:
+            processors.extend([TemperatureLogitsWarper(self.s.temperature), TopPLogitsWarper(self.s.top_p)])
+        speakers = self.speakers()
+        streamer = ReplyStreamer(self.tokenizer, self.s.name, speakers, stream) if stream is not None else None
+
+        def stop(new: list[int]) -> bool:
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            if streamer is not None:
+                streamer.show(stream_safe(text, self.s.name, speakers))
+            return cut_reply(text, self.s.name, speakers)[1] in ("newline", "speaker")
+
+        out = pcw_generate(self.model, prefix, windows, task, self.s.max_new_tokens, self.tokenizer.eos_token_id,
+                           next_token=sampling_rule(processors, do_sample=sample), stop=stop)
+        reply, ended_by = cut_reply(self.tokenizer.decode(out.ids, skip_special_tokens=True), self.s.name, speakers,
+                                    out.ended_by == "eos")
+        if streamer is not None:
+            streamer.finish(reply)
+        return reply, ended_by
+
     def generation_config(self):
         from transformers import GenerationConfig
 
@@ -331,7 +429,7 @@ class ChatSession:
         if self.memory is not None:
             self.memory.record(line)
         try:
-            reply, ended_by = self.generate(self.prompt(), stream)
+            reply, ended_by = self.generate_pcw(stream) if self.s.pcw else self.generate(self.prompt(), stream)
         except BaseException:
             if self.memory is None:
                 self.history.pop()  # interrupted: as if the line was never said
@@ -583,6 +681,8 @@ def run(args: Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
 
     if args.rounds < 0:
         raise CharloraError(f"--rounds must be 0 or more, got {args.rounds}")
+    if args.pcw < 0:
+        raise CharloraError(f"--pcw must be 0 (off) or a number of windows, got {args.pcw}")
     if args.max_new_tokens < 1:
         raise CharloraError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
     if not 0 < args.top_p <= 1:
@@ -617,7 +717,7 @@ def chat_with(args: Any, name: str, user: str, store: Any, memory_settings: Any,
 
         set_seed(args.seed)
     settings = Settings(name, user, args.rounds, args.max_new_tokens, args.temperature, args.top_p,
-                        args.repetition_penalty, args.greedy)
+                        args.repetition_penalty, args.greedy, args.pcw)
     session = ChatSession(model, tokenizer, settings)
     if store is not None:
         session.memory = open_memory(store, memory_settings, args.embedder, session, log)
