@@ -150,3 +150,18 @@ def test_packing_with_pcw_is_one_error(models_dir, tiny_dataset, tmp_path, capsy
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith("error: --packing can't be combined with --pcw_windows")
     assert not (tmp_path / "loras").exists()
+
+
+def test_held_out_scored_in_pcw_layout(models_dir, tiny_dataset, tmp_path, capsys, monkeypatch):
+    import charlora.evaluate
+
+    calls = []
+    real = charlora.evaluate.pcw_reply_loss
+    monkeypatch.setattr(charlora.evaluate, "pcw_reply_loss", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    rc = lora_finetune.main(tiny_args(models_dir, tmp_path / "loras", tiny_dataset, "--pcw_windows", "2",
+                                      "--pcw_recent", "0", "--eval_split", "0.25", "--max_steps", "2"))
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    record = json.loads((tmp_path / "loras" / "t" / "charlora_config.json").read_text())
+    assert calls == [2, 2]  # after each of the two one-step epochs, in 2 windows
+    assert record["eval_samples"] == 4 and record["eval_loss"] > 0
