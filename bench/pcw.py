@@ -15,7 +15,9 @@ are given as
   full       all of them, one ordinary sequence (it needs more positions).
 Every row but "full" keeps prefix + window + task + reply positions, so
 "truncated" and "pcw N" compare what fits the same position range.  Run for
-the base model and each adapter given with -l.
+the base model and each adapter given with -l.  Samples are scored one at a
+time (no padding), so each setting's difference from "truncated" comes with a
+paired standard error over samples.
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=128, help="tokens of older context per window")
     p.add_argument("--windows", type=int, nargs="+", default=[2, 3, 5], help="PCW window counts to score")
     p.add_argument("--samples", type=int, default=60, help="first N held-out samples (time is linear in it)")
-    p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--models_dir", default=None)
     p.add_argument("--loras_dir", default=None)
@@ -51,17 +52,25 @@ def context_stats(tokenizer, samples, recent: int, window: int, counts: list[int
     """Mean older-context tokens per sample, and the share each setting keeps."""
     from charlora.pcw import TASK, pcw_sample
 
-    big = 1 << 20
-    older = [sum(1 for s in pcw_sample(tokenizer, x["input"], x["output"], big, 1, recent)["segments"] if s > 0)
-             for x in samples]
-    kept = {n: sum(min(o, n * window) for o in older) / max(1, sum(older)) for n in counts}
-    longest = max(len(pcw_sample(tokenizer, x["input"], x["output"], big, 1, recent)["input_ids"]) for x in samples)
-    task = [sum(1 for s in pcw_sample(tokenizer, x["input"], x["output"], big, 1, recent)["segments"] if s == TASK)
-            for x in samples]
+    whole = [pcw_sample(tokenizer, x["input"], x["output"], 1 << 20, 1, recent) for x in samples]
+    older = [sum(1 for s in ex["segments"] if s > 0) for ex in whole]
+    task = [sum(1 for s in ex["segments"] if s == TASK) for ex in whole]
     return {"mean_older_tokens": sum(older) / len(older), "max_older_tokens": max(older),
             "share_over_window": sum(o > window for o in older) / len(older),
-            "mean_task_and_reply_tokens": sum(task) / len(task), "longest_full_sequence": longest,
-            "share_of_older_kept": kept}
+            "mean_task_and_reply_tokens": sum(task) / len(task),
+            "longest_full_sequence": max(len(ex["input_ids"]) for ex in whole),
+            "share_of_older_kept": {n: sum(min(o, n * window) for o in older) / max(1, sum(older)) for n in counts}}
+
+
+def paired_difference(losses: list[float], base: list[float], tokens: list[int]) -> tuple[float, float]:
+    """(token-weighted mean of losses - of base, its standard error over samples), the ratio estimator's."""
+    import math
+
+    total = sum(tokens)
+    d = [(a - b) * n for a, b, n in zip(losses, base, tokens)]
+    mean = sum(d) / total
+    var = sum((di - mean * n) ** 2 for di, n in zip(d, tokens)) * len(d) / max(1, len(d) - 1)
+    return mean, math.sqrt(var) / total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from charlora.dialogue import read_dialogue_file
     from charlora.errors import quiet_libraries
     from charlora.evaluate import pcw_reply_loss
+    from charlora.pcw import pcw_sample
     from charlora.samples import build_samples
 
     quiet_libraries(progress_bars=False)
@@ -103,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import contextlib
 
-    results = {}
+    from charlora.tokens import IGNORE_INDEX
+
+    tokens = [sum(1 for x in pcw_sample(tokenizer, s["input"], s["output"], big, 1, args.recent)["labels"]
+                  if x != IGNORE_INDEX) for s in samples]
+    results, per_sample = {}, {}
     for label in labels:
         if label != "base":
             model.set_adapter(label)
@@ -111,21 +125,29 @@ def main(argv: list[str] | None = None) -> int:
         with context:
             for name, n, window_len, cutoff in settings:
                 start = time.time()
-                loss = pcw_reply_loss(model, tokenizer, samples, cutoff or big, n, args.recent, window_len,
-                                      args.batch_size)
+                losses = [pcw_reply_loss(model, tokenizer, [s], cutoff or big, n, args.recent, window_len)
+                          for s in samples]
+                per_sample.setdefault(label, {})[name] = losses
+                loss = sum(x * k for x, k in zip(losses, tokens)) / sum(tokens)
                 results.setdefault(label, {})[name] = loss
                 print(f"  {label:<14} {name:<10} {loss:.4f}  ({time.time() - start:.0f} s)", flush=True)
 
     names = [s[0] for s in settings]
-    print("\n| model | " + " | ".join(names) + " |")
+    print("\nloss per reply token; in brackets: difference from truncated +- its standard error over samples")
+    print("| model | " + " | ".join(names) + " |")
     print("| --- " * (len(names) + 1) + "|")
     for label in labels:
-        print(f"| {label} | " + " | ".join(f"{results[label][n]:.3f}" for n in names) + " |")
+        cells = [f"{results[label][names[0]]:.3f}"]
+        for n in names[1:]:
+            diff, se = paired_difference(per_sample[label][n], per_sample[label][names[0]], tokens)
+            cells.append(f"{results[label][n]:.3f} ({diff:+.3f} +- {se:.3f})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     if args.json_out:
         from charlora.samples import write_json_atomic
 
         write_json_atomic({"args": vars(args), "samples": len(samples), "dtype": str(dtype), "context": stats,
-                           "loss_per_reply_token": results}, args.json_out)
+                           "loss_per_reply_token": results, "reply_tokens": tokens,
+                           "per_sample_loss": per_sample}, args.json_out)
     return 0
 
 
