@@ -45,18 +45,39 @@ def speaks_for_other(text: str, name: str, speakers: Iterable[str]) -> bool:
 def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, batch_size: int = 8) -> float:
     """Mean cross-entropy per reply token (EOS included), summed over all
     tokens before dividing so long replies weigh by their length."""
-    import torch
     from transformers import DataCollatorForSeq2Seq
 
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    examples = [encode_sample(tokenizer, s["input"], s["output"], cutoff_len) for s in samples]
+    return _mean_label_loss(model, (collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)))
+
+
+def pcw_reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, windows: int,
+                   recent: int = 2, window_len: int | None = None, batch_size: int = 8) -> float:
+    """reply_loss with each sample's older context in `windows` Parallel
+    Context Windows (pcw.pcw_sample: the last `recent` lines and `Name:` are
+    the task, each window at most `window_len` tokens).  windows=1 with room
+    for everything is reply_loss exactly."""
+    from charlora.pcw import check_attention, collate_pcw, pcw_sample
+
+    check_attention(model)
+    dtype = model.get_input_embeddings().weight.dtype  # the 4D mask must be in the attention's dtype
+    examples = [pcw_sample(tokenizer, s["input"], s["output"], cutoff_len, windows, recent, window_len) for s in samples]
+    return _mean_label_loss(model, (collate_pcw(examples[i : i + batch_size], tokenizer.pad_token_id, "right", dtype)
+                                    for i in range(0, len(examples), batch_size)))
+
+
+def _mean_label_loss(model: Any, batches: Iterable[dict]) -> float:
+    """Summed cross-entropy of every labelled token / their count, over batches for model(**batch)."""
+    import torch
+
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            batch = collate([encode_sample(tokenizer, s["input"], s["output"], cutoff_len) for s in samples[start : start + batch_size]])
+        for batch in batches:
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
+            labels = batch.pop("labels")[:, 1:]
+            logits = model(**batch).logits.float()
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
             total += nll.item()
             count += int((labels != IGNORE_INDEX).sum())

@@ -42,6 +42,7 @@ older history) and the task (recent turns and `Name:`).
 
 Pieces:
   pcw_layout / pcw_example   pure: ids -> input_ids, position_ids, segments (+ labels)
+  pcw_sample                 pure: a processed sample (prompt text, reply) -> pcw_example (training, evaluation)
   attention_allowed          segments -> boolean (..., T, T) "may attend" matrix
   additive_mask              boolean -> 4D float mask a model takes
   collate_pcw                examples -> padded batch for model(**batch) (training)
@@ -116,6 +117,79 @@ def pcw_example(prefix: Sequence[int], windows: Sequence[Sequence[int]], task_id
     layout = pcw_layout(prefix, windows, task_ids)
     layout["labels"] = [IGNORE_INDEX] * (len(layout["input_ids"]) - len(task_ids)) + list(task_labels)
     return layout
+
+
+def split_windows(ids: Sequence[int], lines: Sequence[int], n: int, max_len: int) -> list[list[int]]:
+    """Cut `ids` (at most n * max_len of them) into at most n contiguous
+    windows of roughly equal length, none longer than max_len.
+
+    `lines[i]` is the line token i belongs to: each cut goes to the line start
+    nearest to k/n of the tokens among those that keep every window within
+    max_len, so windows hold whole lines; only where no line start qualifies
+    (a line longer than a window) is a line cut.  Empty windows are left out.
+    """
+    if len(ids) > n * max_len:
+        raise PCWError(f"{len(ids)} tokens don't fit {n} windows of {max_len}")
+    starts = [i for i in range(1, len(ids)) if lines[i] != lines[i - 1]]
+    cuts = [0]
+    for k in range(1, n):
+        target = k * len(ids) / n
+        # the rest must still fit the windows left, and this one max_len
+        lo, hi = max(cuts[-1], len(ids) - (n - k) * max_len), min(len(ids), cuts[-1] + max_len)
+        near = [b for b in starts if lo <= b <= hi]
+        cuts.append(min(near, key=lambda b: (abs(b - target), b)) if near else min(hi, max(lo, round(target))))
+    cuts.append(len(ids))
+    return [list(ids[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def pcw_sample(tokenizer: Any, prompt: str, reply: str, cutoff_len: int, windows: int, recent: int = 2,
+               window_len: int | None = None) -> dict[str, list[int]]:
+    """A processed sample {"input": prompt, "output": reply} as a PCW training example.
+
+    The prompt is build_prompt's: context lines joined by "\\n", then `Name:`.
+    Layout: the BOS (if the tokenizer adds one) is the prefix; the last
+    `recent` context lines and the `Name:` line are the task; the older lines
+    are cut into `windows` contiguous windows of roughly equal token length
+    (split_windows).  The prompt is tokenized once, whole, and split by
+    character offsets, and the reply alone with EOS after it, so every token
+    and the reply/`Name:` boundary are encode_sample's: with windows=1 and
+    room for everything the example *is* encode_sample's (same ids, labels
+    and positions 0..T-1).
+
+    Budget: prefix + longest window + task + reply <= cutoff_len, the
+    positions the model sees.  Task and reply are cut as encode_sample cuts a
+    prompt and reply; each window may then hold what is left (at most
+    `window_len`, if given); older context beyond `windows` such windows is
+    dropped from its oldest end.  Needs a fast tokenizer (offsets).
+    """
+    from bisect import bisect_right
+
+    from charlora.tokens import encode_reply, fit_to_cutoff, split_bos
+
+    if windows < 1:
+        raise PCWError(f"windows must be at least 1, got {windows}")
+    if recent < 0:
+        raise PCWError(f"recent must be 0 or more, got {recent}")
+    if not getattr(tokenizer, "is_fast", False):
+        raise PCWError("Parallel Context Windows need a fast tokenizer (character offsets split the prompt by line)")
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    lead, body = split_bos(tokenizer, list(enc["input_ids"]))
+    offsets = enc["offset_mapping"][len(lead) :]
+    line_starts = [0] + [i + 1 for i, ch in enumerate(prompt) if ch == "\n"]
+    lines = [bisect_right(line_starts, end - 1) - 1 for _, end in offsets]  # the line of each token's last char
+    first_task_line = max(0, len(line_starts) - 1 - recent)
+    split = sum(1 for line in lines if line < first_task_line)
+    older, older_lines = body[:split], lines[:split]
+
+    _, _, reply_ids = fit_to_cutoff(lead, body, encode_reply(tokenizer, reply), cutoff_len)  # the reply encode_sample keeps
+    lead, task, reply_ids = fit_to_cutoff(lead, body[split:], reply_ids, cutoff_len)
+    budget = cutoff_len - len(lead) - len(task) - len(reply_ids)
+    if window_len is not None:
+        budget = min(budget, window_len)
+    budget = max(budget, 0)
+    keep = min(len(older), windows * budget)
+    parts = split_windows(older[len(older) - keep :], older_lines[len(older) - keep :], windows, budget)
+    return pcw_example(lead, parts, task + reply_ids, [IGNORE_INDEX] * len(task) + reply_ids)
 
 
 def attention_allowed(segments):

@@ -75,6 +75,17 @@ class TrainConfig:
     with restarting position ids, so no compute goes to padding.  Same loss as
     padded batches (tested); falls back to padding on families whose masks
     ignore position ids (OPT)."""
+    pcw_windows: int = 0
+    """Train on Parallel Context Windows (0 = off): each sample's older context
+    is split into this many windows that share one position range and see only
+    themselves, while the last pcw_recent lines and the reply see them all
+    (charlora.pcw).  Inference-only PCW degrades past about 3 windows
+    (Ratner et al. 2023); training on the layout teaches the adapter to read
+    it.  Costs: every context token is still computed (a sample is longer than
+    cutoff_len, which now bounds positions), plus a dense (T x T) mask per
+    sample; sdpa runs without its flash kernels.  Not with --packing."""
+    pcw_recent: int = 2
+    """With pcw_windows: context lines kept next to the reply, outside the windows."""
     save_steps: int = 0
     """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
     (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
@@ -176,7 +187,7 @@ def make_trainer_class():
 
 
 def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]], cutoff_len: int, log=print,
-                     resume_from: Path | None = None):
+                     resume_from: Path | None = None, pcw_windows: int = 0, pcw_recent: int = 2):
     """A Trainer callback that scores the held-out samples after every epoch
     and keeps a copy of the best adapter weights (a few MB, in memory).
 
@@ -185,13 +196,14 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
     would report.  On 159 lines of Falstaff, 1 epoch generalized better than
     4 (docs/benchmarks.md): with a held-out split, more epochs can't hurt.
     Its scores and best weights go into every checkpoint, so a resumed run
-    picks the same epoch as an uninterrupted one.
+    picks the same epoch as an uninterrupted one.  With pcw_windows the
+    held-out samples are scored in the layout the adapter trains on.
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
     from transformers import TrainerCallback
 
-    from charlora.evaluate import reply_loss
+    from charlora.evaluate import pcw_reply_loss, reply_loss
 
     class KeepBestAdapter(TrainerCallback):
         def __init__(self):
@@ -211,7 +223,10 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
                 save_file({k: v.contiguous() for k, v in self.best[2].items()}, folder / "best_adapter.safetensors")
 
         def score(self, step: int, epoch: float, batch_size: int) -> None:
-            loss = reply_loss(model, tokenizer, held_out, cutoff_len, batch_size=batch_size)
+            if pcw_windows:
+                loss = pcw_reply_loss(model, tokenizer, held_out, cutoff_len, pcw_windows, pcw_recent, batch_size=batch_size)
+            else:
+                loss = reply_loss(model, tokenizer, held_out, cutoff_len, batch_size=batch_size)
             model.train()
             self.history.append((step, loss))
             better = self.best is None or loss < self.best[0]
@@ -298,19 +313,27 @@ def split_samples(samples: list, share: float, seed: int) -> tuple[list, list]:
     return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
 
 
-def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: int):
+def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: int, pcw_windows: int = 0,
+                     pcw_recent: int = 2):
+    """Encoded samples; with pcw_windows, in Parallel Context Windows layout (pcw.pcw_sample)."""
     from datasets import Dataset
 
+    from charlora.pcw import pcw_sample
     from charlora.tokens import encode_sample
 
+    def encode(s):
+        if pcw_windows:
+            return pcw_sample(tokenizer, s["input"], s["output"], cutoff_len, pcw_windows, pcw_recent)
+        return encode_sample(tokenizer, s["input"], s["output"], cutoff_len)
+
     return Dataset.from_list(samples).map(
-        lambda s: encode_sample(tokenizer, s["input"], s["output"], cutoff_len),
+        encode,
         remove_columns=["input", "output"],
         desc="tokenizing",
     )
 
 
-def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False):
+def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, pcw_dtype=None):
     """Batches of encoded samples: padded per batch, or packed into one row.
 
     Packed: the batch's samples are concatenated without padding and their
@@ -318,9 +341,17 @@ def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False):
     restarts into a block-diagonal causal mask (or, under FlashAttention, into
     sequence boundaries), so no token attends across samples and the loss is
     the padded batch's (tests/test_packing.py) while no compute goes to padding.
+    pcw_dtype: the samples are in PCW layout; pad them and build their 4D
+    masks in this dtype (the one attention runs in).
     """
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
+    if pcw_dtype is not None:
+        from functools import partial
+
+        from charlora.pcw import collate_pcw
+
+        return partial(collate_pcw, pad_token_id=tokenizer.pad_token_id, padding_side="right", dtype=pcw_dtype)
     if packing:
         # Our labels already mask each sample's first token (it is context),
         # so the collator's separator label changes nothing.
@@ -367,6 +398,11 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         raise CharloraError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
     if not (math.isfinite(cfg.neftune_noise_alpha) and cfg.neftune_noise_alpha >= 0):
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
+    if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
+        raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
+    if cfg.pcw_windows and cfg.packing:
+        raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
+                            "each sample's window mask; drop one of the two")
     if cfg.save_steps < 0 or cfg.save_total_limit < 1:
         raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
                             f"got {cfg.save_steps} and {cfg.save_total_limit}")
@@ -423,7 +459,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     log(f"model {model_path} ({n_params / 1e6:.0f}M parameters) on {device}, {str(dtype).removeprefix('torch.')}, quantization {quant}")
 
     train_samples, eval_samples = split_samples(samples, cfg.eval_split, cfg.seed)
-    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len)
+    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent)
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
@@ -487,6 +523,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every step
         disable_tqdm=not main_process,
+        remove_unused_columns=not cfg.pcw_windows,  # PCW's "segments" column becomes the collator's mask
     )
     packing = cfg.packing and models.supports_packing(model)
     if cfg.packing and not packing:
@@ -494,9 +531,17 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     # The key/value cache is for generation; in training it only holds
     # memory, and transformers ignores packed positions while one exists.
     model.config.use_cache = False
-    collator = make_collator(tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation))
+    pcw_dtype = None
+    if cfg.pcw_windows:
+        from charlora.pcw import check_attention
+
+        check_attention(model)
+        pcw_dtype = model.get_input_embeddings().weight.dtype
+    collator = make_collator(tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation),
+                             pcw_dtype=pcw_dtype)
     reply_head = ReplyOnlyHead(model)
-    keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from) if eval_samples else None
+    keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from,
+                              cfg.pcw_windows, cfg.pcw_recent) if eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=collator,
                                    reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []))
@@ -554,7 +599,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "optimizer_steps": result.optimizer_steps, "train_losses": losses,
               "train_loss_steps": [step for step, _ in logged], "mean_train_loss": run.training_loss,
               "eval_losses": evals, "eval_loss": eval_loss, "kept_step": best_step,
-              "packing": packing, "world_size": world, "samples_per_step": per_step,
+              "packing": packing, "pcw_windows": cfg.pcw_windows, "world_size": world, "samples_per_step": per_step,
               "train_seconds": round(seconds, 1)}
     card = adapter.character_card(character, samples)
     try:
