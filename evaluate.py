@@ -32,16 +32,59 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_pickle", action="store_true", help="load pickle (.bin) weights, which can run code; only safetensors otherwise")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
     p.add_argument("--examples", type=int, default=3, help="example replies to print side by side")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="evaluate -l NAME-seed1 ... NAME-seedN and give each score's mean ± standard deviation")
+    p.add_argument("-d", "--train_dataset",
+                   help="with --seeds: train the seeds' adapters that are missing, on this processed dataset, at "
+                        "lora_finetune.py's defaults")
     return p
+
+
+def adapter_names(args) -> list[tuple[str, int | None]]:
+    """(adapter folder, training seed): -l alone, or -l NAME --seeds N -> NAME-seed1 ... NAME-seedN."""
+    if not args.seeds:
+        return [(args.lora_name, None)] if args.lora_name else []
+    return [(f"{args.lora_name}-seed{k}", k) for k in range(1, args.seeds + 1)]
+
+
+def train_missing(args, loras_dir) -> None:
+    """--seeds with --train_dataset: train each seed's adapter that is not there yet, at the training defaults."""
+    from charlora.checkpoints import is_adapter
+    from charlora.train import TrainConfig, train
+
+    for name, seed in adapter_names(args):
+        if not is_adapter(loras_dir / name):
+            print(f"training {name} (seed {seed}) on {args.train_dataset} at the defaults", flush=True)
+            train(TrainConfig(dataset_name=args.train_dataset, model_name=args.model_name, lora_name=name, seed=seed,
+                              sample_replies=0, models_dir=args.models_dir, loras_dir=args.loras_dir, overwrite=True))
+
+
+def training_lines(adapter_dir) -> list[str] | None:
+    """Every line the adapter was trained from (its source file, else its replies), for the copying score."""
+    import json
+    from pathlib import Path
+
+    from charlora.samples import load_samples
+    from charlora.source import load_source
+
+    try:
+        dataset = json.loads((adapter_dir / "charlora_config.json").read_text())["config"]["dataset_name"]
+        samples = load_samples(dataset)
+    except Exception:  # an adapter from another tool, or its dataset moved: copying stays unknown
+        return None
+    src, _ = load_source(Path(dataset), samples)
+    return [line.text for line in src.lines] if src is not None else [s["output"] for s in samples]
 
 
 def run(args) -> list:
     from charlora import evaluate as ev
-    from charlora import models
+    from charlora import metrics, models
     from charlora.dialogue import read_dialogue_file
     from charlora.errors import CharloraError
     from charlora.samples import build_samples, missing_speaker_message, speaker_counts
 
+    if args.seeds and not args.lora_name:
+        raise CharloraError("--seeds needs -l NAME: the adapters are NAME-seed1 ... NAME-seedN")
     lines, _ = read_dialogue_file(args.txtfilename)
     counts = speaker_counts(lines)
     samples = build_samples(lines, args.name, args.rounds)
@@ -50,29 +93,65 @@ def run(args) -> list:
     others = ev.other_speaker_samples(lines, args.name, args.rounds)[: args.others]
 
     models_dir, _ = models.resolve_dir(args.models_dir, "models")
+    loras_dir, _ = models.resolve_dir(args.loras_dir, "loras")
     path = models.find_model(models_dir, args.model_name)
+    if args.train_dataset:
+        train_missing(args, loras_dir)
+    names = adapter_names(args)
+    for name, _ in names:
+        if not (loras_dir / name / "adapter_config.json").is_file():
+            raise CharloraError(f"adapter {loras_dir / name} not found (no adapter_config.json)"
+                                + ("; add --train_dataset to train it" if args.seeds else ""))
     device = models.pick_device()
     tokenizer = models.load_tokenizer(path)
     model = models.load_model(path, "none", models.pick_dtype(args.dtype, device), device, allow_pickle=args.allow_pickle)
-    if args.lora_name:
-        from peft import PeftModel
 
-        loras_dir, _ = models.resolve_dir(args.loras_dir, "loras")
-        adapter = loras_dir / args.lora_name
-        if not (adapter / "adapter_config.json").is_file():
-            raise CharloraError(f"adapter {adapter} not found (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, adapter)
+    def measure(m):
+        char = ev.line_losses(m, tokenizer, samples, args.cutoff_len)
+        other = ev.line_losses(m, tokenizer, others, args.cutoff_len) if others else []
+        gens = ev.greedy_replies(m, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens)
+        return char, other, gens
 
-    import contextlib
+    base_char, base_other, base_gens = measure(model)
+    b_char, b_other = metrics.mean_loss(base_char), metrics.mean_loss(base_other)
+    reports = [ev.Report.of("base", b_char, b_other, base_gens)]
+    from peft import PeftModel
 
-    reports = []
-    for label in ["base", "adapter"] if args.lora_name else ["base"]:
-        with model.disable_adapter() if label == "base" and args.lora_name else contextlib.nullcontext():
-            char = ev.reply_loss(model, tokenizer, samples, args.cutoff_len)
-            other = ev.reply_loss(model, tokenizer, others, args.cutoff_len) if others else float("nan")
-            gens = ev.greedy_replies(model, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens)
-        reports.append(ev.Report.of(label, char, other, gens))
+    for name, seed in names:
+        tuned = PeftModel.from_pretrained(model, loras_dir / name)
+        char, other, gens = measure(tuned)
+        model = tuned.unload()  # the LoRA layers out again: the next adapter starts from the plain base
+        t_char, t_other = metrics.mean_loss(char), metrics.mean_loss(other)
+        train_text = training_lines(loras_dir / name)
+        reports.append(ev.Report.of(
+            name if len(names) > 1 else "adapter", t_char, t_other, gens,
+            metrics.ngram_index(train_text) if train_text is not None else None,
+            specificity=metrics.specificity(b_char, t_char, b_other, t_other) if others else None,
+            attribution_auc=metrics.auc(metrics.gains(base_char, char), metrics.gains(base_other, other)) if others else None,
+            seed=seed))
     return reports
+
+
+def summary(reports: list) -> dict:
+    """Mean and standard deviation over the adapters (seeds) of each score."""
+    from charlora.metrics import mean_sd
+
+    base, tuned = reports[0], reports[1:]
+
+    def share(r, k):
+        v = getattr(r, k)
+        return v / r.generated if v is not None and r.generated else float("nan")
+
+    scores = {
+        "character_loss_change": [r.character_loss / base.character_loss - 1 for r in tuned],
+        "others_loss_change": [r.others_loss / base.others_loss - 1 for r in tuned],
+        "specificity": [r.specificity if r.specificity is not None else float("nan") for r in tuned],
+        "attribution_auc": [r.attribution_auc if r.attribution_auc is not None else float("nan") for r in tuned],
+        "clean_ends": [share(r, "clean_ends") for r in tuned],
+        "repeated_4gram": [share(r, "repeated") for r in tuned],
+        "copied_8gram": [share(r, "copied") for r in tuned],
+    }
+    return {k: mean_sd(v) for k, v in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for r in reports:
         print(r.row())
-    if len(reports) == 2:
-        base, tuned = reports
-        print(f"character loss change: {100 * (tuned.character_loss / base.character_loss - 1):+.1f}%; "
-              f"other speakers: {100 * (tuned.others_loss / base.others_loss - 1):+.1f}%")
+    summ = summary(reports) if len(reports) > 1 else {}
+    if summ:
+        n = len(reports) - 1
+        fmt = lambda k, scale=100, unit="%": (f"{scale * summ[k][0]:+.1f}{unit}" + (f" ± {scale * summ[k][1]:.1f}" if n > 1 else ""))  # noqa: E731
+        print(f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "
+              f"specificity {fmt('specificity', 100, ' pt')}; attribution AUC {fmt('attribution_auc', 1, '')}"
+              + (f" (mean ± sd over {n} seeds)" if n > 1 else ""))
+        print(f"clean endings {fmt('clean_ends')}; replies repeating a 4-gram {fmt('repeated_4gram')}; "
+              f"sharing an 8-gram with training {fmt('copied_8gram')}")
     for i in range(min(args.examples, len(reports[0].examples))):
         print(f"\n...{reports[0].examples[i].prompt[-150:]!r}\n  reference: {reports[0].examples[i].reference[:150]}")
         for r in reports:
@@ -100,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         from charlora.samples import write_json_atomic
 
-        write_json_atomic([asdict(r) for r in reports], args.json_out)
+        write_json_atomic({"reports": [asdict(r) for r in reports],
+                           "summary": {k: {"mean": m, "sd": sd} for k, (m, sd) in summ.items()},
+                           "settings": vars(args)}, args.json_out)
     return 0
 
 

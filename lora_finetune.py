@@ -37,7 +37,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--target_modules", default=D.target_modules, help="'all-linear', 'default' (PEFT's per-architecture q/v map) or a comma list of module names")
     p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default=D.quantization, help="auto: 16-bit when the model fits in memory, else 8-bit (8-bit trains ~2x slower)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default=D.dtype, help="auto: bf16 on CPU and recent GPUs, fp16 on older GPUs")
-    p.add_argument("--eval_split", type=float, default=D.eval_split, help="share of samples held out and scored after every epoch; the best epoch's adapter is saved")
+    p.add_argument("--eval_split", type=float, default=D.eval_split,
+                   help="share of samples held out from the END of the dataset (the last scenes or messages) and scored "
+                        "after every epoch; the best epoch's adapter is saved (default: 0.1 when the dataset can spare "
+                        "it; 0: off)")
+    p.add_argument("--early_stop", type=int, default=D.early_stop,
+                   help="with a held-out slice, stop after this many epochs without a better held-out loss (0: run all "
+                        "--epochs, which is otherwise the most that may run)")
+    p.add_argument("--others_weight", type=float, default=D.others_weight,
+                   help="loss weight, in [0, 1], of other speakers' lines as extra samples (0: off); needs the "
+                        "<dataset>.source.json that prepare_dataset.py writes beside the dataset")
+    p.add_argument("--others_ratio", type=float, default=D.others_ratio,
+                   help="with --others_weight: at most this many other speakers' samples per character sample")
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")

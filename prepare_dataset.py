@@ -19,6 +19,7 @@ import sys
 from charlora.errors import CharloraError
 from charlora.exports import EXPORTS, write_exports
 from charlora.readers import DEFAULT_SCENE_GAP_MINUTES, FORMATS, read_source
+from charlora.source import source_path, source_record
 from charlora.samples import (build_samples, merge_aliases, missing_speaker_message, parse_names, speaker_counts,
                               summarize, write_json_atomic)
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if not samples:
             raise CharloraError(missing_speaker_message(", ".join(names), speaker_counts(source.lines), args.txtfilename))
         write_json_atomic(samples, args.jsonfilename)
+        # every line, for held-out tails, other speakers' samples and the data report (charlora.source)
+        write_json_atomic(source_record(lines, name, args.rounds, split), source_path(args.jsonfilename))
         exported = write_exports(samples, args.jsonfilename, args.export)
     except CharloraError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,6 +84,34 @@ def _mean_label_loss(model: Any, batches: Iterable[dict]) -> float:
     return total / count if count else math.nan
 
 
+def line_losses(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int,
+                batch_size: int = 8) -> list:
+    """Each sample's reply NLL, text and end-of-sequence apart (metrics.LineLoss),
+    on exactly reply_loss's tokens: mean_loss of the result is reply_loss."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq
+
+    from charlora.metrics import LineLoss
+
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    examples = [encode_sample(tokenizer, s["input"], s["output"], cutoff_len) for s in samples]
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(examples[i : i + batch_size]).items()}
+            labels = batch.pop("labels")[:, 1:]
+            logits = model(**batch).logits.float()[:, :-1]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                                    reduction="none")
+            for row_nll, row_labels in zip(nll.tolist(), labels.tolist()):
+                kept = [(n, t) for n, t in zip(row_nll, row_labels) if t != IGNORE_INDEX]
+                ends = bool(kept) and kept[-1][1] == tokenizer.eos_token_id
+                text = kept[:-1] if ends else kept
+                out.append(LineLoss(sum(n for n, _ in text), len(text), kept[-1][0] if ends else None))
+    return out
+
+
 @dataclass
 class Generation:
     prompt: str
@@ -136,18 +164,36 @@ class Report:
     examples: list[Generation] = field(default_factory=list)
     # ended by EOS *and* never wrote another speaker's line: a usable reply
     clean_ends: int = 0
+    repeated: int = 0
+    """Replies in which a word 4-gram occurs twice."""
+    copied: int | None = None
+    """Replies sharing a word 8-gram with the adapter's training lines (None: unknown)."""
+    specificity: float | None = None
+    """The character's relative loss gain over the base minus the other speakers' (adapters only)."""
+    attribution_auc: float | None = None
+    """AUC of telling the character's lines from the others' by per-line gain over the base (adapters only)."""
+    seed: int | None = None
 
     @classmethod
-    def of(cls, label: str, character_loss: float, others_loss: float, gens: list[Generation]) -> "Report":
+    def of(cls, label: str, character_loss: float, others_loss: float, gens: list[Generation],
+           training_ngrams: set | None = None, **extra) -> "Report":
+        from charlora.metrics import copies, repeats_ngram
+
+        copied = None if training_ngrams is None else sum(copies(g.reply, training_ngrams) for g in gens)
         return cls(label, character_loss, others_loss, sum(g.ended_by_eos for g in gens),
                    sum(g.speaks_for_other for g in gens), len(gens), gens,
-                   sum(g.ended_by_eos and not g.speaks_for_other for g in gens))
+                   sum(g.ended_by_eos and not g.speaks_for_other for g in gens),
+                   sum(repeats_ngram(g.reply) for g in gens), copied, **extra)
 
     def row(self) -> str:
-        return (f"{self.label:<10} {self.character_loss:>10.3f} {self.others_loss:>11.3f} "
-                f"{self.ended_by_eos:>8}/{self.generated:<3}{self.spoke_for_other:>13}/{self.generated:<3}"
-                f"{self.clean_ends:>10}/{self.generated:<3}")
+        n = max(1, self.generated)
+        extra = (f"{self.specificity:>+8.3f} {self.attribution_auc:>6.3f}" if self.specificity is not None
+                 else f"{'':>8} {'':>6}")
+        copied = f"{100 * self.copied / n:>5.0f}%" if self.copied is not None else f"{'?':>6}"
+        return (f"{self.label:<14} {self.character_loss:>9.3f} {self.others_loss:>10.3f} "
+                f"{self.clean_ends:>6}/{self.generated:<3} {self.ended_by_eos:>6}/{self.generated:<3}"
+                f"{self.spoke_for_other:>6}/{self.generated:<3} {100 * self.repeated / n:>5.0f}% {copied} {extra}")
 
 
-HEADER = (f"{'model':<10} {'char loss':>10} {'other loss':>11} {'ends by EOS':>12} {'speaks for other':>16} "
-          f"{'clean ends':>13}")
+HEADER = (f"{'model':<14} {'char loss':>9} {'other loss':>10} {'clean ends':>10} {'EOS':>10} {'for other':>9} "
+          f"{'rep4':>6} {'copy8':>6} {'specif.':>8} {'AUC':>6}")

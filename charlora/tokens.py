@@ -63,3 +63,11 @@ def fit_to_cutoff(lead: list[int], body: list[int], reply_ids: list[int],
     if body_budget <= 0:  # tiny cutoff: not even room for BOS and a prompt token
         lead, body_budget = [], cutoff_len - len(reply_ids)
     return lead, body[max(0, len(body) - body_budget) :], reply_ids
+
+
+def token_lengths(tokenizer: Any, samples: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """(prompt tokens, reply tokens with EOS) of each sample before any cut,
+    tokenized as encode_sample does: what the data report counts."""
+    prompts = tokenizer([s["input"] for s in samples])["input_ids"]
+    replies = tokenizer([s["output"] for s in samples], add_special_tokens=False)["input_ids"]
+    return [(len(p), len(r) + 1) for p, r in zip(prompts, replies)]

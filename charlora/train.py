@@ -18,6 +18,8 @@ from typing import Any
 
 from charlora.errors import CharloraError
 
+DEFAULT_EVAL_SPLIT = 0.1
+
 
 @dataclass
 class TrainConfig:
@@ -58,10 +60,29 @@ class TrainConfig:
     """auto|8bit|4bit|none; auto loads 8-bit only when 16-bit weights won't fit."""
     dtype: str = "auto"
     """auto|bf16|fp16|fp32 for the base weights and autocast."""
-    eval_split: float = 0.0
-    """Share of samples held out (0 = none).  Their reply loss is measured
-    after every epoch, with the metric evaluate.py reports, and the adapter of
-    the best epoch is the one saved."""
+    eval_split: float | None = None
+    """Share of samples held out, taken from the END of the dataset (the last
+    scenes, the newest messages): consecutive samples share context lines, so a
+    randomly held-out line would sit in its neighbours' contexts.  Their reply
+    loss is measured after every epoch, with the metric evaluate.py reports,
+    and the adapter of the best epoch is the one saved.  None (the default):
+    0.1, when that leaves at least source.MIN_HELD_OUT held out and
+    source.MIN_TRAIN to train on; 0 turns it off.  Measured at the original
+    `-e 10` (docs/benchmarks.md): without it the Falstaff adapter ends worse
+    than the base model on his lines in another play."""
+    early_stop: int = 2
+    """With a held-out slice: stop after this many scored epochs without a new
+    best (0 = run every epoch).  --epochs is then the most that may run."""
+    others_weight: float = 0.0
+    """Loss weight of other speakers' lines (0 = off), relative to the
+    character's 1.  They come from <dataset>.source.json, which
+    prepare_dataset.py writes beside the samples; each is prompted with its
+    own speaker's name, so the adapter learns the world's language from
+    everyone and the person from the person."""
+    others_ratio: float = 1.0
+    """With --others_weight: at most this many other speakers' samples per
+    character sample, spread evenly over the source (each costs as much
+    compute as a character sample)."""
     seed: int = 42
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run all epochs)."""
@@ -154,19 +175,35 @@ class ReplyOnlyHead:
             return None  # generation / evaluation outside training: untouched
         return (args[0][:, :-1][self.keep].unsqueeze(0), *args[1:])
 
-    def arm(self, labels) -> None:
+    def arm(self, labels, weights=None) -> None:
         self.keep = labels[:, 1:] != self.ignore
+        # one loss weight per kept token: its sample's (--others_weight)
+        self.weights = None if weights is None else weights[:, None].expand_as(self.keep)[self.keep]
 
     def loss(self, outputs, labels, num_items_in_batch=None):
-        """Trainer's compute_loss_func: sum of token losses / tokens in the
-        whole accumulated batch (Trainer counts them), so gradient accumulation
-        weighs every reply token equally."""
+        """Trainer's compute_loss_func: sum of (weighted) token losses / the
+        (weighted) token count of the whole accumulated batch, which
+        weighted_items() gives the Trainer, so gradient accumulation weighs
+        every reply token by its weight alone."""
+        import torch
         import torch.nn.functional as F
 
         target = labels[:, 1:][self.keep]
         self.keep = None
-        total = F.cross_entropy(outputs.logits[0].float(), target, reduction="sum")
-        return total / (num_items_in_batch if num_items_in_batch is not None else max(1, target.numel()))
+        if self.weights is None:
+            total = F.cross_entropy(outputs.logits[0].float(), target, reduction="sum")
+            count = target.numel()
+        else:
+            w = self.weights.to(outputs.logits.device, torch.float32)
+            total = (F.cross_entropy(outputs.logits[0].float(), target, reduction="none") * w).sum()
+            count = w.sum()
+        return total / (num_items_in_batch if num_items_in_batch is not None else max(1, count))
+
+
+def weighted_items(batches: list[dict]):
+    """Sum of loss weights over every labelled (shifted) token of an
+    accumulated batch: the weighted counterpart of Trainer's token count."""
+    return sum(((b["labels"][:, 1:] != -100) * b["loss_weight"][:, None]).sum() for b in batches)
 
 
 def make_trainer_class():
@@ -180,14 +217,22 @@ def make_trainer_class():
             self.reply_head = reply_head
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            self.reply_head.arm(inputs["labels"])
+            self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None))
             return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            if items is not None and batches and "loss_weight" in batches[0]:
+                items = weighted_items(batches).to(device)
+                if self.args.world_size > 1:
+                    items = self.accelerator.gather(items).sum()
+            return batches, items
 
     return ReplyOnlyTrainer
 
 
 def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]], cutoff_len: int, log=print,
-                     resume_from: Path | None = None, pcw_windows: int = 0, pcw_recent: int = 2):
+                     resume_from: Path | None = None, pcw_windows: int = 0, pcw_recent: int = 2, patience: int = 0):
     """A Trainer callback that scores the held-out samples after every epoch
     and keeps a copy of the best adapter weights (a few MB, in memory).
 
@@ -198,6 +243,8 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
     Its scores and best weights go into every checkpoint, so a resumed run
     picks the same epoch as an uninterrupted one.  With pcw_windows the
     held-out samples are scored in the layout the adapter trains on.
+    patience > 0: training stops once that many scored epochs in a row
+    brought no new best (early stopping; --epochs becomes a ceiling).
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
@@ -207,6 +254,7 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
 
     class KeepBestAdapter(TrainerCallback):
         def __init__(self):
+            self.stopped_early = False
             self.history: list[tuple[int, float]] = []  # (optimizer step, held-out loss)
             self.best: tuple[float, int, dict] | None = None  # (loss, step, adapter weights)
             if resume_from is not None and (resume_from / "held_out.json").is_file():
@@ -235,12 +283,23 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
                 weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
                 self.best = (loss, step, weights)
 
+        def stale(self) -> int:
+            """Scored epochs since the best one."""
+            if self.best is None:
+                return 0
+            return sum(step > self.best[1] for step, _ in self.history)
+
         def on_step_end(self, args, state, control, **kwargs):
             # At the last step of each epoch, and here rather than in
             # on_epoch_end: this runs before the step's checkpoint is saved,
             # so a run resumed from that checkpoint has this epoch's score.
             if state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-6:
                 self.score(state.global_step, state.epoch, args.per_device_eval_batch_size)
+                if patience and self.stale() >= patience and state.global_step < state.max_steps:
+                    log(f"stopping early: {patience} epochs without a better held-out loss")
+                    self.stopped_early = True
+                    control.should_training_stop = True
+                    control.should_save = True  # the finished run's checkpoint, as at the last step
 
         def on_train_end(self, args, state, control, **kwargs):
             # --max_steps can end a run between epochs
@@ -300,22 +359,31 @@ def resolve_target_modules(spec: str) -> Any:
     return modules
 
 
-def split_samples(samples: list, share: float, seed: int) -> tuple[list, list]:
-    """(train, held-out): a seeded random `share` of the samples held out."""
-    if share <= 0:
-        return list(samples), []
-    import random
+def held_out_size(n_samples: int, share: float | None) -> int:
+    """How many of the last samples --eval_split holds out.  None: the
+    default share, only where the dataset can spare it; an explicit share is
+    taken as given (at least one sample)."""
+    from charlora.source import held_out_count
 
-    n_eval = max(1, round(len(samples) * share))
-    if n_eval >= len(samples):
-        raise CharloraError(f"--eval_split {share} leaves no training samples out of {len(samples)}")
-    held = set(random.Random(seed).sample(range(len(samples)), n_eval))
-    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+    if share is None:
+        return held_out_count(n_samples, DEFAULT_EVAL_SPLIT)
+    if share <= 0:
+        return 0
+    n_eval = max(1, round(n_samples * share))
+    if n_eval >= n_samples:
+        raise CharloraError(f"--eval_split {share} leaves no training samples out of {n_samples}")
+    return n_eval
+
+
+def split_samples(samples: list, n_eval: int) -> tuple[list, list]:
+    """(train, held-out): the last n_eval samples held out, a contiguous tail."""
+    return list(samples[: len(samples) - n_eval]), list(samples[len(samples) - n_eval :])
 
 
 def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: int, pcw_windows: int = 0,
-                     pcw_recent: int = 2):
-    """Encoded samples; with pcw_windows, in Parallel Context Windows layout (pcw.pcw_sample)."""
+                     pcw_recent: int = 2, weights: list[float] | None = None):
+    """Encoded samples; with pcw_windows, in Parallel Context Windows layout
+    (pcw.pcw_sample); with weights, each row also carries its loss weight."""
     from datasets import Dataset
 
     from charlora.pcw import pcw_sample
@@ -326,7 +394,8 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
             return pcw_sample(tokenizer, s["input"], s["output"], cutoff_len, pcw_windows, pcw_recent)
         return encode_sample(tokenizer, s["input"], s["output"], cutoff_len)
 
-    return Dataset.from_list(samples).map(
+    rows = samples if weights is None else [{**s, "loss_weight": w} for s, w in zip(samples, weights)]
+    return Dataset.from_list(rows).map(
         encode,
         remove_columns=["input", "output"],
         desc="tokenizing",
@@ -378,11 +447,20 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     from charlora import adapter, models
     from charlora.samples import load_samples
+    from charlora.source import data_report, load_source, other_samples
+    from charlora.tokens import token_lengths
 
     if cfg.cutoff_len < 8:
         raise CharloraError(f"--cutoff_len must be at least 8 tokens, got {cfg.cutoff_len}")
-    if not 0 <= cfg.eval_split < 1:
+    if cfg.eval_split is not None and not 0 <= cfg.eval_split < 1:
         raise CharloraError(f"--eval_split must be in [0, 1), got {cfg.eval_split}")
+    if cfg.early_stop < 0:
+        raise CharloraError(f"--early_stop must be 0 (off) or a number of epochs, got {cfg.early_stop}")
+    if not (math.isfinite(cfg.others_ratio) and cfg.others_ratio > 0):
+        raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
+    from charlora.source import check_others_weight
+
+    check_others_weight(cfg.others_weight)
     if not 0 <= cfg.warmup < 1:
         raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
     for flag in ("batch_size", "grad_accum", "lora_rank"):
@@ -400,6 +478,9 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
     if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
         raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
+    if cfg.others_weight and (cfg.packing or cfg.pcw_windows):
+        raise CharloraError("--others_weight can't be combined with --packing or --pcw_windows yet: their collators "
+                            "carry no per-sample loss weight; drop one of the two")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
                             "each sample's window mask; drop one of the two")
@@ -458,8 +539,30 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
     log(f"model {model_path} ({n_params / 1e6:.0f}M parameters) on {device}, {str(dtype).removeprefix('torch.')}, quantization {quant}")
 
-    train_samples, eval_samples = split_samples(samples, cfg.eval_split, cfg.seed)
-    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent)
+    n_eval = held_out_size(len(samples), cfg.eval_split)
+    train_samples, eval_samples = split_samples(samples, n_eval)
+    src, why_not = load_source(cfg.dataset_name, samples)
+    if cfg.eval_split is None and not n_eval:
+        log(f"note: {len(samples)} samples are too few to hold out the last lines and still train; "
+            "training on all of them, every epoch kept (--eval_split to force a split)")
+    elif n_eval:
+        log(f"held out: the last {n_eval} samples (scored after every epoch; the best epoch's adapter is kept"
+            + (f", training stops after {cfg.early_stop} epochs without a better one)" if cfg.early_stop else ")"))
+    weights = None
+    if cfg.others_weight > 0:
+        end = src.character_index()[len(train_samples)] if src is not None and eval_samples else None
+        others = other_samples(src, end if end is not None else len(src.lines),
+                               cap=math.floor(cfg.others_ratio * len(train_samples))) if src is not None else []
+        if others:
+            log(f"other speakers: {len(others)} of their lines as extra samples at loss weight {cfg.others_weight:g}")
+            weights = [1.0] * len(train_samples) + [cfg.others_weight] * len(others)
+            train_samples = train_samples + others
+        else:
+            log("note: --others_weight: " + (why_not or "the source has no other speakers' lines")
+                + "; training on the character's lines only")
+    for line in data_report(samples, token_lengths(tokenizer, samples), cfg.cutoff_len, n_eval, src).lines(cfg.cutoff_len):
+        log(line)
+    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
@@ -523,7 +626,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every step
         disable_tqdm=not main_process,
-        remove_unused_columns=not cfg.pcw_windows,  # PCW's "segments" column becomes the collator's mask
+        # PCW's "segments" column becomes the collator's mask; "loss_weight" goes to the loss
+        remove_unused_columns=not (cfg.pcw_windows or weights),
     )
     packing = cfg.packing and models.supports_packing(model)
     if cfg.packing and not packing:
@@ -541,7 +645,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
                              pcw_dtype=pcw_dtype)
     reply_head = ReplyOnlyHead(model)
     keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from,
-                              cfg.pcw_windows, cfg.pcw_recent) if eval_samples else None
+                              cfg.pcw_windows, cfg.pcw_recent, cfg.early_stop) if eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=collator,
                                    reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []))
@@ -582,9 +686,12 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     losses = [loss for _, loss in logged]
     evals = keeper.history if keeper else []
     eval_loss, best_step = (keeper.best[0], keeper.best[1]) if keeper else (None, trainer.state.global_step)
-    if keeper and keeper.restore_best():
-        log(f"kept the adapter of step {best_step} (held-out loss {eval_loss:.4f}), not the last one "
-            f"(step {evals[-1][0]}, {evals[-1][1]:.4f})")
+    if keeper:
+        epoch_of = {step: k + 1 for k, (step, _) in enumerate(evals)}
+        restored = keeper.restore_best()
+        log(f"kept the adapter of epoch {epoch_of.get(best_step, '?')} (step {best_step}, held-out loss {eval_loss:.4f}): "
+            f"the best of {len(evals)} scored epochs" + ("" if restored else ", the last one")
+            + ("; stopped early" if keeper.stopped_early else ""))
 
     reply_head.handle.remove()
     model.config.use_cache = True
@@ -599,6 +706,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "optimizer_steps": result.optimizer_steps, "train_losses": losses,
               "train_loss_steps": [step for step, _ in logged], "mean_train_loss": run.training_loss,
               "eval_losses": evals, "eval_loss": eval_loss, "kept_step": best_step,
+              "stopped_early": bool(keeper and keeper.stopped_early),
               "packing": packing, "pcw_windows": cfg.pcw_windows, "world_size": world, "samples_per_step": per_step,
               "train_seconds": round(seconds, 1)}
     card = adapter.character_card(character, samples)

@@ -70,7 +70,7 @@ def test_eval_split_saves_the_best_scored_adapter(models_dir, tiny_dataset, tmp_
     rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path),
                              "-d", str(tiny_dataset), "-l", "best", "-b", "4", "-e", "3", "--grad_accum", "1",
                              "--learning_rate", "1e-2", "--sample_replies", "0", "--dtype", "fp32",
-                             "--eval_split", "0.25"])
+                             "--eval_split", "0.25", "--early_stop", "0"])
     out = capsys.readouterr().out
     assert rc == 0
     record = json.loads((tmp_path / "best" / "charlora_config.json").read_text())
@@ -83,7 +83,9 @@ def test_eval_split_saves_the_best_scored_adapter(models_dir, tiny_dataset, tmp_
     assert f"best held-out loss {min(losses):.3f}" in out
 
     # The saved adapter is the scored one: same held-out loss on reload.
-    _, held_out = split_samples(load_samples(tiny_dataset), 0.25, 42)
+    samples = load_samples(tiny_dataset)
+    _, held_out = split_samples(samples, 4)
+    assert held_out == samples[-4:]  # the tail, not a random draw
     tok = AutoTokenizer.from_pretrained(models_dir / "llama")
     tok.pad_token = tok.eos_token
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models_dir / "llama", dtype=torch.float32),

@@ -1,0 +1,133 @@
+"""Learning the person, not the play: the held-out tail, other speakers'
+samples at a lower weight, the data report, and the scores evaluate.py adds."""
+import json
+import math
+
+import pytest
+import torch
+
+from charlora import metrics
+from charlora.dialogue import parse_dialogue
+from charlora.metrics import LineLoss
+from charlora.source import (Source, data_report, held_out_count, load_source, other_samples, source_path,
+                             source_record)
+
+DIALOGUE = "(Enter)\nAlice:hi\nBob:yo\nCarol:hey there\nBob:bye now\nAlice:ok\n"
+
+
+def test_auc_is_the_mann_whitney_share_with_ties_half():
+    assert metrics.auc([3, 4], [1, 2]) == 1.0
+    assert metrics.auc([1, 2], [3, 4]) == 0.0
+    assert metrics.auc([1, 3], [2]) == 0.5
+    assert metrics.auc([2], [2]) == 0.5
+    assert metrics.auc([2, 5], [2, 1, 0]) == pytest.approx((2.5 + 3) / 6)
+    assert math.isnan(metrics.auc([], [1]))
+
+
+@pytest.mark.parametrize("text, n, expected", [
+    ("I am a man, I am a man, and I am a man.", 4, True),
+    ("I am a man; I am not a double man.", 4, False),
+    ("Ha, ha, ha, ha!", 4, False),                 # three words only... no 4-gram occurs twice
+    ("ha ha ha ha ha", 4, True),                   # "ha ha ha ha" at 0 and 1
+    ("Is it so? IS IT SO?", 3, True),              # case and punctuation don't matter
+])
+def test_repeats_ngram(text, n, expected):
+    assert metrics.repeats_ngram(text, n) is expected
+
+
+def test_copies_needs_a_whole_shared_8gram():
+    index = metrics.ngram_index(["If sack and sugar be a fault, God help the wicked!"])
+    assert metrics.copies("Well: if sack and sugar be a fault, God help the wicked, say I.", index)
+    assert not metrics.copies("If sack and sugar be a fault, heaven help us.", index)  # 7 shared words only
+
+
+def test_mean_loss_gains_and_specificity_exact():
+    base = [LineLoss(6.0, 3, 2.0), LineLoss(4.0, 2, None)]  # the second line was cut before its EOS
+    tuned = [LineLoss(3.0, 3, 0.5), LineLoss(3.0, 2, None)]
+    assert metrics.mean_loss(base) == pytest.approx(12.0 / 6)
+    assert metrics.mean_loss(tuned) == pytest.approx(6.5 / 6)
+    assert metrics.gains(base, tuned) == [1.0, 0.5]  # per text token, EOS left out
+    assert metrics.specificity(4.0, 3.0, 5.0, 4.5) == pytest.approx(0.25 - 0.1)
+    assert metrics.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+
+
+def test_held_out_count_keeps_both_sides_meaningful():
+    assert held_out_count(159, 0.1) == 16
+    assert held_out_count(40, 0.1) == 8     # at least MIN_HELD_OUT
+    assert held_out_count(31, 0.1) == 0     # 8 out would leave 23 < MIN_TRAIN: no split
+    assert held_out_count(159, 0) == 0
+
+
+def test_other_samples_are_prompted_with_their_own_speaker_and_stop_at_the_tail():
+    src = Source("Bob", 2, False, parse_dialogue(DIALOGUE))
+    assert src.character_index() == [2, 4]
+    assert other_samples(src, end=len(src.lines)) == [
+        {"output": "hi", "input": "(Enter)\nAlice:"},
+        {"output": "hey there", "input": "Alice:hi\nBob:yo\nCarol:"},
+        {"output": "ok", "input": "Carol:hey there\nBob:bye now\nAlice:"},
+    ]
+    # held out from Bob's second line on: nothing at or after it trains
+    assert [s["output"] for s in other_samples(src, end=4)] == ["hi", "hey there"]
+    assert [s["output"] for s in other_samples(src, end=6, cap=2)] == ["hi", "hey there"]
+
+
+def test_source_file_is_used_only_while_it_matches_the_samples(tmp_path):
+    lines = parse_dialogue(DIALOGUE)
+    dataset = tmp_path / "bob.json"
+    samples = [{"output": "yo", "input": "x"}, {"output": "bye now", "input": "y"}]
+    assert source_path(dataset) == tmp_path / "bob.source.json"
+    src, why = load_source(dataset, samples)
+    assert src is None and "no bob.source.json" in why
+    source_path(dataset).write_text(json.dumps(source_record(lines, "Bob", 2, False)))
+    src, why = load_source(dataset, samples)
+    assert why is None and src.lines == lines and src.name == "Bob"
+    src, why = load_source(dataset, samples[:1])  # the dataset was edited
+    assert src is None and "no longer matches" in why
+
+
+def test_data_report_counts_cuts_duplicates_share_and_overlap():
+    lines = parse_dialogue(DIALOGUE)
+    samples = [{"input": "a", "output": "x"}, {"input": "a", "output": "x"}, {"input": "b", "output": "y"},
+               {"input": "c", "output": "x"}]
+    rep = data_report(samples, [(10, 5), (10, 5), (300, 10), (20, 290)], 256, 1, Source("Bob", 2, False, lines))
+    assert (rep.truncated, rep.max_cut_tokens, rep.mean_cut_tokens) == (2, 54, 54.0)
+    assert rep.reply_cut == 1 and rep.duplicates == 1
+    assert rep.character_share == pytest.approx(2 / 5)
+    assert (rep.held_out, rep.overlap) == (1, 1)
+    text = "\n".join(rep.lines(256))
+    assert "warning: 1 of 1 held-out replies also appear in training" in text and "raise --cutoff_len" in text
+
+
+def test_line_losses_add_up_to_reply_loss(models_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charlora.evaluate import line_losses, reply_loss
+
+    tok = AutoTokenizer.from_pretrained(models_dir / "llama")
+    tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(models_dir / "llama", dtype=torch.float32)
+    samples = [{"input": "Alice:Hello.\nBob:", "output": "Good day to you."}, {"input": "Bob:", "output": "Yes."}]
+    per_line = line_losses(model, tok, samples, 64, batch_size=2)
+    assert [x.text_tokens for x in per_line] == [len(tok(s["output"], add_special_tokens=False)["input_ids"])
+                                                for s in samples]
+    assert all(x.eos_nll is not None for x in per_line)
+    assert metrics.mean_loss(per_line) == pytest.approx(reply_loss(model, tok, samples, 64, batch_size=2), rel=1e-5)
+
+
+def test_weighted_reply_head_loss_is_the_weighted_token_mean():
+    from types import SimpleNamespace
+
+    from charlora.train import ReplyOnlyHead, weighted_items
+
+    head = ReplyOnlyHead.__new__(ReplyOnlyHead)
+    head.ignore = -100
+    labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 3, 0]])
+    weights = torch.tensor([1.0, 0.25])
+    head.arm(labels, weights)
+    logits = torch.randn(1, 4, 5)  # the 4 kept positions, as the pre-hook leaves them
+    targets = torch.tensor([1, 2, 3, 0])
+    ce = torch.nn.functional.cross_entropy(logits[0], targets, reduction="none")
+    items = weighted_items([{"labels": labels, "loss_weight": weights}])
+    assert float(items) == pytest.approx(2 * 1.0 + 2 * 0.25)
+    got = head.loss(SimpleNamespace(logits=logits), labels, items)
+    assert float(got) == pytest.approx(float((ce * torch.tensor([1, 1, 0.25, 0.25])).sum() / 2.5), rel=1e-6)
