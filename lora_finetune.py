@@ -47,8 +47,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--others_weight", type=float, default=D.others_weight,
                    help="loss weight, in [0, 1], of other speakers' lines as extra samples (0: off); needs the "
                         "<dataset>.source.json that prepare_dataset.py writes beside the dataset")
+    p.add_argument("--contrast_weight", type=float, default=D.contrast_weight,
+                   help="weight, in [0, 1], of an unlikelihood loss on other speakers' lines put under the character's "
+                        "name (0: off): teaches what the character would not say; needs <dataset>.source.json")
     p.add_argument("--others_ratio", type=float, default=D.others_ratio,
-                   help="with --others_weight: at most this many other speakers' samples per character sample")
+                   help="with --others_weight / --contrast_weight: at most this many other speakers' samples (of each "
+                        "kind) per character sample")
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")

@@ -89,11 +89,12 @@ def held_out_count(n_samples: int, share: float) -> int:
     return n_eval if n_samples - n_eval >= MIN_TRAIN else 0
 
 
-def other_samples(src: Source, end: int, cap: int | None = None) -> list[dict[str, str]]:
+def other_samples(src: Source, end: int, cap: int | None = None, as_speaker: str | None = None) -> list[dict[str, str]]:
     """Samples for every other speaker's line before line `end`, each prompted
-    with its own speaker's `Name:` and the same context window a character
-    sample gets.  `cap`: keep at most this many, evenly spread over the source
-    (not the first ones), so a long source costs a bounded share of training."""
+    with its own speaker's `Name:` (or `as_speaker`'s) and the same context
+    window a character sample gets.  `cap`: keep at most this many, evenly
+    spread over the source (not the first ones), so a long source costs a
+    bounded share of training."""
     from charlora.samples import context_window
 
     idx = [i for i, line in enumerate(src.lines[:end]) if line.speaker is not None and line.speaker != src.name]
@@ -101,7 +102,8 @@ def other_samples(src: Source, end: int, cap: int | None = None) -> list[dict[st
         step = len(idx) / cap
         idx = [idx[int(k * step)] for k in range(cap)]
     return [{"output": src.lines[i].text,
-             "input": build_prompt(context_window(src.lines, i, src.rounds, src.split_scenes), src.lines[i].speaker)}
+             "input": build_prompt(context_window(src.lines, i, src.rounds, src.split_scenes),
+                                   as_speaker or src.lines[i].speaker)}
             for i in idx]
 
 
@@ -163,8 +165,8 @@ def data_report(samples: Sequence[dict[str, str]], token_lengths: Sequence[tuple
                       dups, share, len(held), sum(s["output"] in train_replies for s in held))
 
 
-def check_others_weight(weight: float) -> None:
+def check_others_weight(weight: float, flag: str) -> None:
     from charlora.errors import CharloraError
 
     if not (math.isfinite(weight) and 0 <= weight <= 1):
-        raise CharloraError(f"--others_weight is a loss weight relative to the character's lines, in [0, 1], got {weight}")
+        raise CharloraError(f"{flag} is a loss weight relative to the character's lines, in [0, 1], got {weight}")

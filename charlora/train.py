@@ -79,6 +79,11 @@ class TrainConfig:
     prepare_dataset.py writes beside the samples; each is prompted with its
     own speaker's name, so the adapter learns the world's language from
     everyone and the person from the person."""
+    contrast_weight: float = 0.0
+    """Weight of an unlikelihood loss on other speakers' lines prompted with the
+    character's `Name:` (0 = off): the adapter learns what the person would
+    NOT say in that context, not only what anyone in the text says.  Uses the
+    same source lines and --others_ratio cap as --others_weight."""
     others_ratio: float = 1.0
     """With --others_weight: at most this many other speakers' samples per
     character sample, spread evenly over the source (each costs as much
@@ -195,15 +200,20 @@ class ReplyOnlyHead:
             count = target.numel()
         else:
             w = self.weights.to(outputs.logits.device, torch.float32)
-            total = (F.cross_entropy(outputs.logits[0].float(), target, reduction="none") * w).sum()
-            count = w.sum()
+            nll = F.cross_entropy(outputs.logits[0].float(), target, reduction="none")
+            # a negative weight marks a line the character did NOT say (--contrast_weight):
+            # unlikelihood, -log(1 - p), which pushes p down but, unlike a negated
+            # cross-entropy, is bounded below and stops pushing once p is small
+            unlikely = -torch.log1p(-torch.exp(-nll.clamp(min=1e-4)))
+            total = (torch.where(w < 0, unlikely, nll) * w.abs()).sum()
+            count = w.abs().sum()
         return total / (num_items_in_batch if num_items_in_batch is not None else max(1, count))
 
 
 def weighted_items(batches: list[dict]):
     """Sum of loss weights over every labelled (shifted) token of an
     accumulated batch: the weighted counterpart of Trainer's token count."""
-    return sum(((b["labels"][:, 1:] != -100) * b["loss_weight"][:, None]).sum() for b in batches)
+    return sum(((b["labels"][:, 1:] != -100) * b["loss_weight"].abs()[:, None]).sum() for b in batches)
 
 
 def make_trainer_class():
@@ -442,12 +452,39 @@ def replace_folder(new: Path, dest: Path) -> None:
         new.rename(dest)
 
 
+def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, src, why_not: str | None, log):
+    """(training samples, loss weights or None): the character's samples, then
+    other speakers' lines at --others_weight and/or, under the character's
+    name, at -(--contrast_weight) (unlikelihood).  Only lines before the
+    held-out tail, so nothing of the tail's scenes is trained on."""
+    from charlora.source import other_samples
+
+    if not (cfg.others_weight > 0 or cfg.contrast_weight > 0):
+        return train_samples, None
+    end = src.character_index()[len(train_samples)] if src is not None and held_out else None
+    cap = math.floor(cfg.others_ratio * len(train_samples))
+    others = other_samples(src, end if end is not None else len(src.lines), cap=cap) if src is not None else []
+    if not others:
+        log("note: " + (why_not or "the source has no other speakers' lines") + "; training on the character's lines only")
+        return train_samples, None
+    weights = [1.0] * len(train_samples)
+    if cfg.others_weight > 0:
+        log(f"other speakers: {len(others)} of their lines as extra samples at loss weight {cfg.others_weight:g}")
+        train_samples, weights = train_samples + others, weights + [cfg.others_weight] * len(others)
+    if cfg.contrast_weight > 0:
+        as_character = other_samples(src, end if end is not None else len(src.lines), cap=cap, as_speaker=src.name)
+        log(f"contrast: {len(as_character)} other speakers' lines under {src.name}: at unlikelihood weight "
+            f"{cfg.contrast_weight:g}")
+        train_samples, weights = train_samples + as_character, weights + [-cfg.contrast_weight] * len(as_character)
+    return train_samples, weights
+
+
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     import time
 
     from charlora import adapter, models
     from charlora.samples import load_samples
-    from charlora.source import data_report, load_source, other_samples
+    from charlora.source import data_report, load_source
     from charlora.tokens import token_lengths
 
     if cfg.cutoff_len < 8:
@@ -460,7 +497,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
     from charlora.source import check_others_weight
 
-    check_others_weight(cfg.others_weight)
+    check_others_weight(cfg.others_weight, "--others_weight")
+    check_others_weight(cfg.contrast_weight, "--contrast_weight")
     if not 0 <= cfg.warmup < 1:
         raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
     for flag in ("batch_size", "grad_accum", "lora_rank"):
@@ -478,8 +516,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
     if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
         raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
-    if cfg.others_weight and (cfg.packing or cfg.pcw_windows):
-        raise CharloraError("--others_weight can't be combined with --packing or --pcw_windows yet: their collators "
+    if (cfg.others_weight or cfg.contrast_weight) and (cfg.packing or cfg.pcw_windows):
+        raise CharloraError("--others_weight and --contrast_weight can't be combined with --packing or --pcw_windows yet: their collators "
                             "carry no per-sample loss weight; drop one of the two")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
@@ -548,18 +586,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     elif n_eval:
         log(f"held out: the last {n_eval} samples (scored after every epoch; the best epoch's adapter is kept"
             + (f", training stops after {cfg.early_stop} epochs without a better one)" if cfg.early_stop else ")"))
-    weights = None
-    if cfg.others_weight > 0:
-        end = src.character_index()[len(train_samples)] if src is not None and eval_samples else None
-        others = other_samples(src, end if end is not None else len(src.lines),
-                               cap=math.floor(cfg.others_ratio * len(train_samples))) if src is not None else []
-        if others:
-            log(f"other speakers: {len(others)} of their lines as extra samples at loss weight {cfg.others_weight:g}")
-            weights = [1.0] * len(train_samples) + [cfg.others_weight] * len(others)
-            train_samples = train_samples + others
-        else:
-            log("note: --others_weight: " + (why_not or "the source has no other speakers' lines")
-                + "; training on the character's lines only")
+    train_samples, weights = add_other_speakers(cfg, train_samples, bool(eval_samples), src, why_not, log)
     for line in data_report(samples, token_lengths(tokenizer, samples), cfg.cutoff_len, n_eval, src).lines(cfg.cutoff_len):
         log(line)
     data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)

@@ -91,3 +91,21 @@ def test_eval_split_saves_the_best_scored_adapter(models_dir, tiny_dataset, tmp_
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models_dir / "llama", dtype=torch.float32),
                                       tmp_path / "best")
     assert reply_loss(model, tok, held_out, 256) == pytest.approx(record["eval_loss"], rel=1e-5)
+
+
+def test_keeper_stops_training_after_patience_stale_epochs(models_dir):
+    from types import SimpleNamespace
+
+    model, tok = _lora_model(models_dir)
+    logs = []
+    keeper = make_best_keeper(model, tok, HELD_OUT, 64, log=logs.append, patience=2)
+    keeper.history, keeper.best = [(3, -1.0)], (-1.0, 3, {})  # a best no real epoch can beat
+    args = SimpleNamespace(per_device_eval_batch_size=2)
+    control = SimpleNamespace(should_training_stop=False, should_save=False)
+    keeper.on_step_end(args, SimpleNamespace(epoch=2.0, global_step=6, max_steps=30), control)
+    assert keeper.stale() == 1 and control.should_training_stop is False
+    keeper.on_step_end(args, SimpleNamespace(epoch=2.5, global_step=8, max_steps=30), control)  # not an epoch end
+    assert len(keeper.history) == 2
+    keeper.on_step_end(args, SimpleNamespace(epoch=3.0, global_step=9, max_steps=30), control)
+    assert keeper.stale() == 2 and control.should_training_stop is True and control.should_save is True
+    assert keeper.stopped_early and "stopping early: 2 epochs without a better held-out loss" in logs

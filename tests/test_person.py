@@ -131,3 +131,64 @@ def test_weighted_reply_head_loss_is_the_weighted_token_mean():
     assert float(items) == pytest.approx(2 * 1.0 + 2 * 0.25)
     got = head.loss(SimpleNamespace(logits=logits), labels, items)
     assert float(got) == pytest.approx(float((ce * torch.tensor([1, 1, 0.25, 0.25])).sum() / 2.5), rel=1e-6)
+
+
+def test_negative_weight_rows_train_unlikelihood():
+    from types import SimpleNamespace
+
+    from charlora.train import ReplyOnlyHead, weighted_items
+
+    head = ReplyOnlyHead.__new__(ReplyOnlyHead)
+    head.ignore = -100
+    labels = torch.tensor([[-100, 1, -100], [-100, 2, 3]])
+    weights = torch.tensor([1.0, -0.5])  # the second row: a line the character did not say
+    head.arm(labels, weights)
+    logits = torch.randn(1, 3, 4)
+    p = logits[0].softmax(-1)[torch.arange(3), torch.tensor([1, 2, 3])]
+    expected = (-torch.log(p[0]) + 0.5 * -torch.log(1 - p[1]) + 0.5 * -torch.log(1 - p[2])) / 2.0
+    items = weighted_items([{"labels": labels, "loss_weight": weights}])
+    assert float(items) == 2.0
+    assert float(head.loss(SimpleNamespace(logits=logits), labels, items)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_other_samples_under_the_characters_name():
+    src = Source("Bob", 2, False, parse_dialogue(DIALOGUE))
+    assert other_samples(src, end=4, as_speaker="Bob") == [
+        {"output": "hi", "input": "(Enter)\nBob:"},
+        {"output": "hey there", "input": "Alice:hi\nBob:yo\nBob:"},
+    ]
+
+
+def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_path, capsys):
+    import lora_finetune
+    import prepare_dataset
+
+    dialogue = tmp_path / "apples.txt"
+    dialogue.write_text("\n".join(f"Alice:How many apples, Bob? Day {i}.\nBob:I have {i} apples for you, Alice."
+                                  for i in range(40)) + "\n")
+    data = tmp_path / "bob.json"
+    assert prepare_dataset.main(["-n", "Bob", "-r", "2", "-t", str(dialogue), "-j", str(data)]) == 0
+    assert json.loads(source_path(data).read_text())["lines"][1] == ["Bob", "I have 0 apples for you, Alice.", False]
+    capsys.readouterr()
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
+                             "-d", str(data), "-l", "bob", "-e", "1", "--sample_replies", "0", "--dtype", "fp32",
+                             "--others_weight", "0.5", "--contrast_weight", "0.2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    record = json.loads((tmp_path / "loras" / "bob" / "charlora_config.json").read_text())
+    # 40 samples: the last 8 held out; Alice's 33 lines before Bob's first held-out line, capped at 32,
+    # once under her name and once under his
+    assert (record["train_samples"], record["eval_samples"]) == (32 + 32 + 32, 8)
+    assert "held out: the last 8 samples" in out
+    assert "other speakers: 32 of their lines as extra samples at loss weight 0.5" in out
+    assert "data: the character speaks 50.0% of the source's lines" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--others_weight", "1.5"), ("--others_weight", "nan"),
+                                         ("--contrast_weight", "-0.1")])
+def test_out_of_range_other_speaker_weights_are_one_line_errors(flag, value, tiny_dataset, capsys):
+    import lora_finetune
+
+    assert lora_finetune.main(["-m", "llama", "-d", str(tiny_dataset), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {flag} is a loss weight relative to the character's lines, in [0, 1], got {float(value)}"]
