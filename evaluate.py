@@ -154,6 +154,19 @@ def summary(reports: list) -> dict:
     return {k: mean_sd(v) for k, v in scores.items()}
 
 
+def summary_lines(summ: dict, n: int) -> str:
+    """The summary's scores in words, with ± standard deviation over seeds."""
+    def fmt(key, scale=100.0, unit="%", sign="+", digits=1):
+        mean, sd = summ[key]
+        return f"{scale * mean:{sign}.{digits}f}{unit}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
+
+    return (f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "
+            f"specificity {fmt('specificity', unit=' pt')}; attribution AUC {fmt('attribution_auc', 1.0, '', '', 3)}"
+            f"{f' (mean ± sd over {n} seeds)' if n > 1 else ''}\n"
+            f"clean endings {fmt('clean_ends', sign='')}; replies repeating a 4-gram {fmt('repeated_4gram', sign='')}; "
+            f"sharing an 8-gram with training {fmt('copied_8gram', sign='')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from charlora.errors import CharloraError, quiet_libraries
     from charlora.evaluate import HEADER
@@ -170,13 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(r.row())
     summ = summary(reports) if len(reports) > 1 else {}
     if summ:
-        n = len(reports) - 1
-        fmt = lambda k, scale=100, unit="%": (f"{scale * summ[k][0]:+.1f}{unit}" + (f" ± {scale * summ[k][1]:.1f}" if n > 1 else ""))  # noqa: E731
-        print(f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "
-              f"specificity {fmt('specificity', 100, ' pt')}; attribution AUC {fmt('attribution_auc', 1, '')}"
-              + (f" (mean ± sd over {n} seeds)" if n > 1 else ""))
-        print(f"clean endings {fmt('clean_ends')}; replies repeating a 4-gram {fmt('repeated_4gram')}; "
-              f"sharing an 8-gram with training {fmt('copied_8gram')}")
+        print(summary_lines(summ, len(reports) - 1))
     for i in range(min(args.examples, len(reports[0].examples))):
         print(f"\n...{reports[0].examples[i].prompt[-150:]!r}\n  reference: {reports[0].examples[i].reference[:150]}")
         for r in reports:

@@ -122,7 +122,7 @@ class Generation:
 
 
 def greedy_replies(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], name: str, speakers: Iterable[str],
-                   max_new_tokens: int = 80, batch_size: int = 8) -> list[Generation]:
+                   max_new_tokens: int = 80, batch_size: int = 8, ngram_block: int = 0) -> list[Generation]:
     """Greedy continuations with no stop but EOS, to see what the model does
     on its own (chat adds newline and `Name:` stops on top).
 
@@ -139,8 +139,13 @@ def greedy_replies(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]]
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             enc = tokenizer([s["input"] for s in chunk], return_tensors="pt", padding=True).to(model.device)
+            from transformers import LogitsProcessorList
+
+            from charlora.decoding import make_reply_ngram_block
+
+            block = LogitsProcessorList([make_reply_ngram_block(ngram_block, enc["input_ids"].shape[1])] if ngram_block else [])
             with torch.inference_mode():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=block,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             for s, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :].tolist()):
                 eos = tokenizer.eos_token_id in row
