@@ -14,6 +14,8 @@ import json
 import sys
 from dataclasses import asdict
 
+from charlora.decoding import REPLY_NGRAM_BLOCK
+
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -32,6 +34,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_pickle", action="store_true", help="load pickle (.bin) weights, which can run code; only safetensors otherwise")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
     p.add_argument("--examples", type=int, default=3, help="example replies to print side by side")
+    p.add_argument("--ngram_block", type=int, default=REPLY_NGRAM_BLOCK,
+                   help="greedy replies may not repeat a token n-gram of their own (chat's default; 0: plain greedy)")
     p.add_argument("--seeds", type=int, default=0,
                    help="evaluate -l NAME-seed1 ... NAME-seedN and give each score's mean ± standard deviation")
     p.add_argument("-d", "--train_dataset",
@@ -109,7 +113,8 @@ def run(args) -> list:
     def measure(m):
         char = ev.line_losses(m, tokenizer, samples, args.cutoff_len)
         other = ev.line_losses(m, tokenizer, others, args.cutoff_len) if others else []
-        gens = ev.greedy_replies(m, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens)
+        gens = ev.greedy_replies(m, tokenizer, samples[: args.generate], args.name, counts, args.max_new_tokens,
+                                 ngram_block=args.ngram_block)
         return char, other, gens
 
     base_char, base_other, base_gens = measure(model)
@@ -189,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in reports:
             print(f"  {r.label:<9}: {r.examples[i].reply[:150]!r}{'' if r.examples[i].ended_by_eos else ' [no EOS]'}")
     if args.json_out:
+        from charlora.provenance import environment
         from charlora.samples import write_json_atomic
 
         write_json_atomic({"reports": [asdict(r) for r in reports],
                            "summary": {k: {"mean": m, "sd": sd} for k, (m, sd) in summ.items()},
-                           "settings": vars(args)}, args.json_out)
+                           "settings": vars(args), "environment": environment()}, args.json_out)
     return 0
 
 

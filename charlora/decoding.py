@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-REPLY_NGRAM_BLOCK = 4
-"""Token n-grams a reply may not repeat (0 = off).  Measured on Falstaff's
-held-out prompts (docs/benchmarks.md): greedy replies repeating a word 4-gram
-52% -> see the table, clean endings up."""
+REPLY_NGRAM_BLOCK = 3
+"""Token n-grams a reply may not repeat (0 = off).  Measured with the
+default-settings Falstaff adapter (seed 42) on his first 40 prompts in The
+Merry Wives of Windsor, greedy, 80 new tokens: no ban 28/40 clean endings and
+52% of replies repeating a word 4-gram; a 4-gram ban 39/40 and 22%; a
+trigram ban 40/40 and 5%."""
 
 
 def make_reply_ngram_block(n: int, prompt_len: int) -> Any:
