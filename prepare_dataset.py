@@ -42,6 +42,11 @@ def make_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_SCENE_GAP_MINUTES:g} when only --split_scenes is given)")
     p.add_argument("--no-fix-text", "--no_fix_text", dest="fix_text", action="store_false",
                    help="keep mojibake (`wouldnâ€™t`) as it is instead of repairing it with ftfy")
+    p.add_argument("--report", metavar="MODEL",
+                   help="also print the data report lora_finetune.py prints before training (cut contexts, duplicates, "
+                        "the character's share, the held-out slice), counting tokens with this model's tokenizer "
+                        "(a folder in the models folder)")
+    p.add_argument("--cutoff_len", type=int, default=256, help="with --report: the training --cutoff_len to check against")
     p.add_argument("--export", nargs="+", default=[], choices=list(EXPORTS),
                    help="also write the samples beside --jsonfilename as OpenAI messages JSONL "
                         "(<name>.openai.jsonl) and/or ShareGPT JSON (<name>.sharegpt.json)")
@@ -66,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             for speaker, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
                 print(f"{n:7d}  {speaker}")
             return 0
+        if args.report:  # an unknown model is an error before anything is written
+            from charlora import models
+
+            models.find_model(models.resolve_dir(None, "models")[0], args.report)
         names = parse_names(args.name)
         lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
         samples = build_samples(lines, name, args.rounds, split_scenes=split)
@@ -88,7 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summarize(samples, speaker_counts(lines))} -> {args.jsonfilename}")
     for path in exported:
         print(f"exported -> {path}")
+    if args.report:
+        try:
+            for line in report_lines(args.report, samples, lines, name, args.rounds, split, args.cutoff_len):
+                print(line)
+        except CharloraError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
+
+
+def report_lines(model_name: str, samples, lines, name: str, rounds: int, split: bool, cutoff_len: int) -> list[str]:
+    """The data report with the default held-out slice, as training will print it."""
+    from charlora import models
+    from charlora.source import Source, data_report
+    from charlora.tokens import token_lengths
+    from charlora.train import held_out_size
+
+    tokenizer = models.load_tokenizer(models.find_model(models.resolve_dir(None, "models")[0], model_name))
+    report = data_report(samples, token_lengths(tokenizer, samples), cutoff_len, held_out_size(len(samples), None),
+                         Source(name, rounds, split, list(lines)))
+    return report.lines(cutoff_len)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,18 @@ def test_out_of_range_other_speaker_weights_are_one_line_errors(flag, value, tin
     assert lora_finetune.main(["-m", "llama", "-d", str(tiny_dataset), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {flag} is a loss weight relative to the character's lines, in [0, 1], got {float(value)}"]
+
+
+def test_prepare_dataset_report_and_unknown_report_model(models_dir, tmp_path, capsys, monkeypatch):
+    import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(models_dir)
+    (tmp_path / "d.txt").write_text(DIALOGUE)
+    assert prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", "b.json", "--report", "llama"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 2 samples; 0 have their context cut at --cutoff_len 256; 0 duplicates" in out
+    assert "data: the character speaks 40.0% of the source's lines" in out
+    assert prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", "c.json", "--report", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: model 'nope' not found")
+    assert not (tmp_path / "c.json").exists()
