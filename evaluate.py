@@ -132,6 +132,8 @@ def run(args) -> list:
             name if len(names) > 1 else "adapter", t_char, t_other, gens,
             metrics.ngram_index(train_text) if train_text is not None else None,
             specificity=metrics.specificity(b_char, t_char, b_other, t_other) if others else None,
+            text_specificity=metrics.specificity(*(metrics.text_loss(x) for x in (base_char, char, base_other, other)))
+            if others else None,
             attribution_auc=metrics.auc(metrics.gains(base_char, char), metrics.gains(base_other, other)) if others else None,
             seed=seed))
     return reports
@@ -151,6 +153,7 @@ def summary(reports: list) -> dict:
         "character_loss_change": [r.character_loss / base.character_loss - 1 for r in tuned],
         "others_loss_change": [r.others_loss / base.others_loss - 1 for r in tuned],
         "specificity": [r.specificity if r.specificity is not None else float("nan") for r in tuned],
+        "text_specificity": [r.text_specificity if r.text_specificity is not None else float("nan") for r in tuned],
         "attribution_auc": [r.attribution_auc if r.attribution_auc is not None else float("nan") for r in tuned],
         "clean_ends": [share(r, "clean_ends") for r in tuned],
         "repeated_4gram": [share(r, "repeated") for r in tuned],
@@ -166,7 +169,8 @@ def summary_lines(summ: dict, n: int) -> str:
         return f"{scale * mean:{sign}.{digits}f}{unit}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
 
     return (f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "
-            f"specificity {fmt('specificity', unit=' pt')}; attribution AUC {fmt('attribution_auc', 1.0, '', '', 3)}"
+            f"specificity {fmt('specificity', unit=' pt')} (text tokens alone {fmt('text_specificity', unit=' pt')}); "
+            f"attribution AUC {fmt('attribution_auc', 1.0, '', '', 3)}"
             f"{f' (mean ± sd over {n} seeds)' if n > 1 else ''}\n"
             f"clean endings {fmt('clean_ends', sign='')}; replies repeating a 4-gram {fmt('repeated_4gram', sign='')}; "
             f"sharing an 8-gram with training {fmt('copied_8gram', sign='')}")

@@ -175,6 +175,8 @@ class Report:
     """Replies sharing a word 8-gram with the adapter's training lines (None: unknown)."""
     specificity: float | None = None
     """The character's relative loss gain over the base minus the other speakers' (adapters only)."""
+    text_specificity: float | None = None
+    """specificity on text tokens alone (end-of-sequence left out), to see how much of it is the learned EOS."""
     attribution_auc: float | None = None
     """AUC of telling the character's lines from the others' by per-line gain over the base (adapters only)."""
     seed: int | None = None

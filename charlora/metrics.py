@@ -72,6 +72,12 @@ def mean_loss(lines: Sequence[LineLoss]) -> float:
     return sum(x.text_nll + (x.eos_nll or 0.0) for x in lines) / count if count else math.nan
 
 
+def text_loss(lines: Sequence[LineLoss]) -> float:
+    """Loss per text token, end-of-sequence left out: what was said, not where it ended."""
+    count = sum(x.text_tokens for x in lines)
+    return sum(x.text_nll for x in lines) / count if count else math.nan
+
+
 def gains(base: Sequence[LineLoss], tuned: Sequence[LineLoss]) -> list[float]:
     """Per-line log-likelihood gain per text token (base NLL - adapter NLL);
     lines with no text token are left out."""

@@ -405,7 +405,12 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
     def encode(s):
         if pcw_windows:
             return pcw_sample(tokenizer, s["input"], s["output"], cutoff_len, pcw_windows, pcw_recent)
-        return encode_sample(tokenizer, s["input"], s["output"], cutoff_len)
+        enc = encode_sample(tokenizer, s["input"], s["output"], cutoff_len)
+        if s.get("loss_weight", 1.0) < 0 and enc["labels"][-1] == tokenizer.eos_token_id:
+            # a line the character did not say: unlikely words, but not an
+            # unlikely END, or the adapter would unlearn stopping
+            enc["labels"] = enc["labels"][:-1] + [-100]
+        return enc
 
     rows = samples if weights is None else [{**s, "loss_weight": w} for s, w in zip(samples, weights)]
     return Dataset.from_list(rows).map(

@@ -47,6 +47,7 @@ def test_mean_loss_gains_and_specificity_exact():
     assert metrics.mean_loss(base) == pytest.approx(12.0 / 6)
     assert metrics.mean_loss(tuned) == pytest.approx(6.5 / 6)
     assert metrics.gains(base, tuned) == [1.0, 0.5]  # per text token, EOS left out
+    assert metrics.text_loss(base) == pytest.approx(10.0 / 5)
     assert metrics.specificity(4.0, 3.0, 5.0, 4.5) == pytest.approx(0.25 - 0.1)
     assert metrics.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
@@ -207,3 +208,16 @@ def test_prepare_dataset_report_and_unknown_report_model(models_dir, tmp_path, c
     assert prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", "c.json", "--report", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: model 'nope' not found")
     assert not (tmp_path / "c.json").exists()
+
+
+def test_contrast_rows_leave_the_end_of_sequence_out(tiny_tokenizers):
+    from charlora.tokens import encode_sample
+    from charlora.train import tokenize_dataset
+
+    tok = tiny_tokenizers["llama-like"]
+    samples = [{"input": "Alice:hi\nBob:", "output": "yo"}, {"input": "Alice:hi\nBob:", "output": "hey there"}]
+    data = tokenize_dataset(samples, tok, 64, weights=[1.0, -0.3])
+    plain = [encode_sample(tok, s["input"], s["output"], 64) for s in samples]
+    assert data[0]["labels"] == plain[0]["labels"] and plain[0]["labels"][-1] == tok.eos_token_id
+    assert data[1]["labels"] == plain[1]["labels"][:-1] + [-100]
+    assert data[1]["loss_weight"] == pytest.approx(-0.3)
