@@ -221,3 +221,22 @@ def test_contrast_rows_leave_the_end_of_sequence_out(tiny_tokenizers):
     assert data[0]["labels"] == plain[0]["labels"] and plain[0]["labels"][-1] == tok.eos_token_id
     assert data[1]["labels"] == plain[1]["labels"][:-1] + [-100]
     assert data[1]["loss_weight"] == pytest.approx(-0.3)
+
+
+def test_a_source_without_other_speakers_trains_on_the_character_alone(models_dir, tmp_path, capsys):
+    import lora_finetune
+    import prepare_dataset
+
+    (tmp_path / "solo.txt").write_text("".join(f"(He paces, {i})\nBob:I count {i} apples.\n" for i in range(12)))
+    data = tmp_path / "solo.json"
+    assert prepare_dataset.main(["-n", "Bob", "-t", str(tmp_path / "solo.txt"), "-j", str(data)]) == 0
+    capsys.readouterr()
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
+                             "-d", str(data), "-l", "solo", "-e", "1", "--sample_replies", "0", "--dtype", "fp32",
+                             "--others_weight", "0.5"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "note: the source has no other speakers' lines; training on the character's lines only" in out
+    assert "note: 12 samples are too few to hold out the last lines and still train" in out
+    record = json.loads((tmp_path / "loras" / "solo" / "charlora_config.json").read_text())
+    assert (record["train_samples"], record["eval_samples"]) == (12, 0)
