@@ -21,15 +21,21 @@ Merry Wives of Windsor, greedy, 80 new tokens: no ban 28/40 clean endings and
 trigram ban 40/40 and 5%."""
 
 
-def make_reply_ngram_block(n: int, prompt_len: int) -> Any:
+def make_reply_ngram_block(n: int, prompt_len: int | None = None) -> Any:
     """A LogitsProcessor banning, in each row, any token that would complete
-    an n-gram already present in that row's tokens from `prompt_len` on."""
+    an n-gram already present in that row's tokens from `prompt_len` on.
+    prompt_len None: the width of the first input_ids it sees, which in a
+    generate() call is the (padded) prompt; so use one instance per call."""
     import torch
     from transformers import LogitsProcessor
 
     class ReplyNgramBlock(LogitsProcessor):
+        start = prompt_len
+
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-            reply = input_ids[:, prompt_len:]
+            if self.start is None:
+                self.start = input_ids.shape[1]
+            reply = input_ids[:, self.start :]
             if n <= 0 or reply.shape[1] < n:
                 return scores
             for row, ids in enumerate(reply.tolist()):

@@ -21,3 +21,10 @@ def test_block_looks_at_the_reply_only():
     ids = torch.tensor([[7, 8, 7, 8, 1, 8]])  # reply 8 1 8: "8 1" said, so after 8 the token 1 is banned
     out = block(ids, torch.zeros(1, 10))
     assert out[0, 1] == -float("inf") and torch.isfinite(out[0, [0, *range(2, 10)]]).all()
+
+
+def test_block_learns_the_prompt_length_from_its_first_call():
+    block = make_reply_ngram_block(2)
+    block(torch.tensor([[7, 8, 7]]), torch.zeros(1, 10))  # the prompt alone: start = 3
+    out = block(torch.tensor([[7, 8, 7, 8, 1, 8]]), torch.zeros(1, 10))
+    assert out[0, 1] == -float("inf") and out[0, 7] == 0  # "8 7" is the prompt's, not the reply's
