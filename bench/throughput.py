@@ -505,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.model == "llama-1b-random":
         make_random_1b(Path(a.models_dir), Path(a.models_dir) / "SmolLM2-135M-Instruct")
     load_before = os.getloadavg()  # with the after value: how shared the machine was
+    env = environment()  # the commit that ran, before anything is edited during the run
     work = Path(tempfile.mkdtemp(prefix="charlora-bench-"))
     datasets = make_datasets(Path(a.play), a.name, work)
     rows = []
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": a.model, "play": a.play, "name": a.name, "epochs": a.epochs, "batch_size": a.batch_size,
-            "cutoff_len": a.cutoff_len, "date": time.strftime("%Y-%m-%d"), **environment(),
+            "cutoff_len": a.cutoff_len, "date": time.strftime("%Y-%m-%d"), **env,
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "variant_settings": {v: asdict(VARIANTS[v]) for v in variants}}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
