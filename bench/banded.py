@@ -1,7 +1,8 @@
 """Line-banded attention against per-sample batches: compute per reply token, and the loss it changes.
 
     OMP_NUM_THREADS=1 taskset -c 1 python bench/banded.py --replies 24 --json docs/throughput/banded.json
-    OMP_NUM_THREADS=1 taskset -c 1 python bench/banded.py --replies 8 --compile --chunked_ce   # the tries
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/banded.py --replies 8 --repeats 1 --compile --chunked_ce   # the tries
+    python bench/banded.py --count_only --json docs/throughput/banded-counts.json   # a whole epoch's tokens, no model
 
 Same model (SmolLM2-135M-Instruct, bf16, LoRA r16 on all linear layers,
 dropout 0, as training), same replies (the first --replies lines of Falstaff
@@ -57,6 +58,28 @@ def batches_banded(lines, tokenizer, name, rounds, cutoff, replies, band_len, dt
     k = [i for i, line in enumerate(lines) if line.speaker == name][replies - 1]
     bands = banded_examples(lines[: k + 1], tokenizer, name, rounds, cutoff, band_len)
     return [collate_banded([b], tokenizer.pad_token_id, dtype) for b in bands]
+
+
+def token_counts(lines, tokenizer, name, rounds, cutoff, batch_size, band_lens=(256, 512, 1024)) -> dict:
+    """Tokens a whole epoch computes: per-sample batches (grouped by length,
+    padded per batch) against bands of each length; and the attention
+    scores (sum of T^2) each computes.  Pure counting, no model."""
+    from charlora.banded import banded_examples
+    from charlora.samples import build_samples
+    from charlora.tokens import encode_sample
+
+    lengths = sorted((len(encode_sample(tokenizer, s["input"], s["output"], cutoff)["input_ids"])
+                      for s in build_samples(lines, name, rounds)), reverse=True)
+    batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    padded = sum(max(b) * len(b) for b in batches)
+    scores = sum(max(b) ** 2 * len(b) for b in batches)
+    out = {"samples": len(lengths), "real_tokens": sum(lengths), "per_sample_padded_tokens": padded, "bands": {}}
+    for band_len in band_lens:
+        bands = banded_examples(lines, tokenizer, name, rounds, cutoff, band_len)
+        n = [len(b["input_ids"]) for b in bands]
+        out["bands"][band_len] = {"bands": len(n), "tokens": sum(n), "token_ratio": padded / sum(n),
+                                  "attention_scores_ratio": sum(x * x for x in n) / scores}
+    return out
 
 
 def reply_loss(model, head, batch, chunked: bool):
@@ -137,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd forward+backward")
     p.add_argument("--chunked_ce", action="store_true", help="also time a chunked, recomputed cross-entropy")
     p.add_argument("--json", dest="json_out")
+    p.add_argument("--count_only", action="store_true", help="only count a whole epoch's tokens both ways (no model)")
     a = p.parse_args(argv)
 
     import torch
@@ -156,6 +180,12 @@ def main(argv=None) -> int:
     tokenizer = models.load_tokenizer(path)
     tokenizer.padding_side = "right"
     lines, _ = read_dialogue_file(a.text)
+    counts = token_counts(lines, tokenizer, a.name, a.rounds, a.cutoff_len, a.batch_size)
+    print(json.dumps(counts), flush=True)
+    if a.count_only:
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps({"args": vars(a), "environment": env, "counts": counts}, indent=2) + "\n")
+        return 0
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa")
     base.config.use_cache = False
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
@@ -203,7 +233,8 @@ def main(argv=None) -> int:
     for r in rows.values():
         r["speedup_vs_per_sample"] = rows["per_sample"]["ms_per_reply_token"] / r["ms_per_reply_token"]
     result = {"args": vars(a), "environment": {**env, "load_average_after": os.getloadavg()},
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quality": quality, "timing": rows}
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "counts": counts, "quality": quality,
+              "timing": rows}
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
