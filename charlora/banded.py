@@ -50,6 +50,7 @@ for its first reply is computed again from the band before (up to `rounds`
 lines per band).
 
 Pieces:
+  lines_from_samples  processed samples -> the runs of lines they were cut from
   banded_examples   pure: dialogue lines -> bands {input_ids, labels, position_ids, window_start, sink, hidden}
   band_allowed      those per-token fields -> bool (..., T, T) "may attend"
   collate_banded    bands -> padded batch with the 4D additive mask (pcw.additive_mask) for model(**batch)
@@ -235,6 +236,36 @@ def _sample_body(ids, replies, n_newline, lines, j, rounds, split_scenes) -> tup
     n_reply = len(replies[j]) - 1 if replies[j] else 0
     body = sum(len(ids[i]) + n_newline for i in range(first, j)) + len(ids[j]) - n_reply
     return body, list(replies[j])
+
+
+def lines_from_samples(samples: Sequence[Mapping[str, str]], name: str) -> list[list[Line]]:
+    """Processed samples ({"input": prompt, "output": reply}, in file order)
+    -> the runs of consecutive lines they were cut from.
+
+    Training reads samples, not the dialogue, so the lines are put back
+    together from the overlap of consecutive samples' contexts: a sample's
+    context lines that end the run so far are the same lines.  Where two
+    samples do not overlap (the character silent for more than `rounds`
+    lines, or a held-out sample) a new run starts.  Lines other than the
+    character's replies come back as text as they stood in the prompt
+    (Line(None, "Speaker:text")), which format_line returns unchanged, so
+    they tokenize as in the samples.  Samples made with --split_scenes lose
+    their scene breaks here: a band's window may then reach across one.
+    """
+    runs: list[list[Line]] = []
+    text: list[str] = []  # the current run, as its prompt lines
+    for sample in samples:
+        context = sample["input"].split("\n")[:-1]  # the last line is `Name:`
+        overlap = next((m for m in range(min(len(context), len(text)), 0, -1) if text[-m:] == context[:m]), 0)
+        if not runs or (context and not overlap):
+            runs.append([])
+            text = []
+            overlap = 0
+        runs[-1] += [Line(None, line) for line in context[overlap:]]
+        text += context[overlap:]
+        runs[-1].append(Line(name, sample["output"]))
+        text.append(format_line(runs[-1][-1]))
+    return runs
 
 
 def band_allowed(window_start, sink, hidden):

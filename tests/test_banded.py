@@ -179,3 +179,37 @@ def test_shared_context_reads_further_back_with_more_layers(tiny_tokenizers):
     first = len(tok("I am not that I play.", add_special_tokens=False)["input_ids"]) + 1
     assert banded[:first] == pytest.approx(reference[:first], abs=1e-5)
     assert max(abs(a - b) for a, b in zip(banded, reference)) > 1e-3
+
+
+def test_lines_from_samples_gives_back_the_dialogue_runs():
+    from charlora.samples import build_samples
+
+    from charlora.banded import lines_from_samples
+
+    # Viola's lines, with a stretch of 4 lines without her: with 2 lines of
+    # context the samples do not overlap there, so two runs come back.
+    lines = DIALOGUE[:3] + [Line("Olivia", f"line {i}") for i in range(4)] + DIALOGUE[5:]
+    runs = lines_from_samples(build_samples(lines, "Viola", 2), "Viola")
+    as_text = [[(line.speaker, line.text) for line in run] for run in runs]
+    assert as_text == [
+        [("Viola", "I am not that I play."), (None, "Olivia:Are you a comedian?"), ("Viola", "No, my profound heart.")],
+        [(None, "Olivia:line 2"), (None, "Olivia:line 3"), ("Viola", "The rudeness that hath appeared in me."),
+         (None, "Olivia:Give us the place alone."), ("Viola", "Most sweet lady.")],
+    ]
+
+
+def test_bands_from_samples_equal_bands_from_the_dialogue(tiny_tokenizers):
+    from charlora.samples import build_samples
+
+    from charlora.banded import lines_from_samples
+
+    tok = tiny_tokenizers["gpt2-like"]
+    # 3 lines of context: every sample overlaps the one before (with 2, the
+    # samples of lines 2 and 5 only touch, and a new run starts: safe, since
+    # nothing tells touching from a gap)
+    (run,) = lines_from_samples(build_samples(DIALOGUE, "Viola", 3), "Viola")
+    assert len(run) == len(DIALOGUE)
+    # the narration line and Olivia's come back as their prompt text: the same tokens
+    for cutoff, band_len in ((256, 512), (64, 64)):
+        assert banded_examples(run, tok, "Viola", 3, cutoff, band_len) == \
+            banded_examples(DIALOGUE, tok, "Viola", 3, cutoff, band_len)
