@@ -5,30 +5,48 @@
     python bench/throughput.py -m SmolLM2-135M-Instruct --variants naive,default,packed --epochs 2
 
 Every variant trains the same LoRA (rank 16 on all linear layers, same
-learning rate, schedule, batch 4 x accumulation 2, cutoff 256) on the same
+learning rate, schedule, batch 4 x accumulation 2, cutoff 256; the
+exceptions are named below) on the same
 tokenized samples for the same number of epochs, each in its own process so
 that peak memory is its own.  Two datasets are made from one play in
 ../shared/data/: "play" (5 lines of context, as prepare_dataset.py's default;
 a third of the samples reach the cutoff) and "short" (1 line of context: short
 chat-like samples, where padding dominates).
 
-Variants:
+Variants (`--variants`; VARIANTS below is the one source of each one's settings):
   naive          the recipe users had, in 16-bit: every sample padded to
                  cutoff_len (the padding runs through every layer, masked),
                  logits over the whole vocabulary at every position; bf16 (fp16
-                 on GPUs without bf16)
+                 on GPUs without bf16); LoRA dropout 0, as ours
   naive_8bit     the recipe exactly as users had it: the same, with the base
                  loaded in 8-bit and prepared by PEFT's
                  prepare_model_for_kbit_training (which turns on gradient
-                 checkpointing), as the original script did
+                 checkpointing) and its LoRA dropout 0.05, as the original
+                 script did (the one variant whose LoRA is not ours)
   default        lora_finetune.py's defaults: per-batch padding, batches
                  grouped by length, vocabulary projection at reply positions
   packed         default + --packing (padding-free, per-sample attention)
   checkpointing  default + --gradient_checkpointing (the memory-saving path)
   8bit           default + --quantization 8bit --gradient_checkpointing (the
                  smallest-memory path; 8-bit is slow on CPU)
-  trl            TRL's SFTTrainer on the same token ids and labels
-  trl_packed     SFTTrainer with packing=True (best-fit packing, padding-free)
+  trl_defaults   TRL's SFTTrainer with SFTConfig's own defaults where we set
+                 none: gradient checkpointing ON (SFTConfig's default in 1.16),
+                 random batches, padded per batch
+  trl            SFTTrainer at its best honest setting on this data:
+                 gradient_checkpointing=False, batches grouped by length
+                 (train_sampling_strategy="group_by_length")
+  trl_nogc       trl_defaults with gradient_checkpointing=False only
+  trl_padding_free  trl_nogc + padding_free=True (one flattened row a batch;
+                 max_length=None, the samples are already cut to cutoff_len)
+  trl_packed     trl_nogc + packing=True (best-fit packing, padding-free)
+  trl_dropout05  trl at LoRA dropout 0.05 (the dropout the older pages used)
+
+Every variant but naive_8bit and trl_dropout05 trains the same LoRA (rank 16,
+alpha 16, dropout 0, all linear layers); tests/test_bench_settings.py builds
+each variant's settings and fails where they differ.  TRL gets our token ids
+and labels; its data preparation would drop a sample whose labels are all
+-100 after its truncation, so each row reports the samples and real tokens the
+trainer kept.
 
 Reported per variant: real (non-padding) tokens trained per second, tokens
 computed per second (with padding), seconds per epoch, peak memory (RSS on
@@ -47,13 +65,132 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "8bit", "trl", "trl_packed"]
-DEFAULT_VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "trl", "trl_packed"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one bench variant changes; everything else is `shared_settings`.
+
+    runner: "charlora" (charlora.train.train), "naive" (transformers' Trainer)
+    or "trl" (SFTTrainer).  padding: "max_length" (every sample padded to
+    cutoff_len), "batch" (to the batch's longest), "free" (one flattened row,
+    positions restarting per sample) or "packed" (TRL best-fit packing).
+    """
+
+    runner: str
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False
+    padding: str = "batch"
+    quantization: str = "none"
+
+
+VARIANTS = {
+    "naive": Variant("naive", padding="max_length"),
+    "naive_8bit": Variant("naive", lora_dropout=0.05, gradient_checkpointing=True, padding="max_length",
+                          quantization="8bit"),
+    "default": Variant("charlora", group_by_length=True),
+    "packed": Variant("charlora", group_by_length=True, padding="free"),
+    "checkpointing": Variant("charlora", group_by_length=True, gradient_checkpointing=True),
+    "8bit": Variant("charlora", group_by_length=True, gradient_checkpointing=True, quantization="8bit"),
+    "trl_defaults": Variant("trl", gradient_checkpointing=True),
+    "trl_nogc": Variant("trl"),
+    "trl": Variant("trl", group_by_length=True),
+    "trl_padding_free": Variant("trl", padding="free"),
+    "trl_packed": Variant("trl", padding="packed"),
+    "trl_dropout05": Variant("trl", lora_dropout=0.05, group_by_length=True),
+}
+# The variants the page calls "the same LoRA": everything but the recipe as
+# users had it and the dropout probe.  tests/test_bench_settings.py holds them to it.
+SAME_LORA = [v for v in VARIANTS if v not in ("naive_8bit", "trl_dropout05")]
+DEFAULT_VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "trl_defaults", "trl_nogc", "trl",
+                    "trl_padding_free", "trl_packed"]
+LORA = dict(r=16, lora_alpha=16, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+
+
+def shared_settings(a) -> dict:
+    """What every variant shares, from the command line: data, batch, schedule."""
+    return dict(dataset=str(a.dataset), cutoff_len=a.cutoff_len, batch_size=a.batch_size, grad_accum=2,
+                epochs=a.epochs, learning_rate=1e-3, warmup=0.05, seed=a.seed)
+
+
+def charlora_config(name: str, a, loras_dir: str):
+    """The TrainConfig a charlora variant trains with."""
+    from charlora.train import TrainConfig
+
+    v, s = VARIANTS[name], shared_settings(a)
+    assert v.runner == "charlora" and v.group_by_length, name  # train() always groups by length
+    return TrainConfig(dataset_name=s["dataset"], model_name=a.model, models_dir=a.models_dir, loras_dir=loras_dir,
+                       lora_name="bench", epochs=s["epochs"], batch_size=s["batch_size"], grad_accum=s["grad_accum"],
+                       cutoff_len=s["cutoff_len"], learning_rate=s["learning_rate"], warmup=s["warmup"],
+                       seed=s["seed"], sample_replies=0, lora_rank=LORA["r"], lora_alpha=LORA["lora_alpha"],
+                       lora_dropout=v.lora_dropout, target_modules=LORA["target_modules"],
+                       gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free",
+                       quantization="8bit" if v.quantization == "8bit" else "auto")
+
+
+def peer_lora(name: str):
+    """The LoraConfig a naive or TRL variant trains with."""
+    from peft import LoraConfig
+
+    return LoraConfig(lora_dropout=VARIANTS[name].lora_dropout, **LORA)
+
+
+def peer_args(name: str, a, dtype_name: str, gpu: bool, output_dir: str):
+    """The TrainingArguments (naive) or SFTConfig (TRL) of a peer variant.
+
+    dtype_name: "bf16" or "fp16", the autocast the variant runs in.
+    """
+    v, s = VARIANTS[name], shared_settings(a)
+    common = dict(output_dir=output_dir, per_device_train_batch_size=s["batch_size"],
+                  gradient_accumulation_steps=s["grad_accum"], num_train_epochs=s["epochs"],
+                  learning_rate=s["learning_rate"], warmup_steps=s["warmup"], lr_scheduler_type="linear",
+                  bf16=dtype_name == "bf16", fp16=dtype_name == "fp16", logging_steps=10, save_strategy="no",
+                  report_to="none", seed=s["seed"], data_seed=s["seed"], use_cpu=not gpu, disable_tqdm=True,
+                  # gradient_checkpointing's new name since transformers 5 (the old one is an alias)
+                  activation_checkpointing=v.gradient_checkpointing,
+                  train_sampling_strategy="group_by_length" if v.group_by_length else "random")
+    if v.runner == "naive":
+        from transformers import TrainingArguments
+
+        # prepare_model_for_kbit_training turns checkpointing on for naive_8bit itself.
+        return TrainingArguments(**{**common, "activation_checkpointing": False})
+    from trl import SFTConfig
+
+    # padding_free without packing refuses a max_length (it would not be
+    # enforced); the samples are cut to cutoff_len before TRL sees them.
+    max_length = None if v.padding == "free" else s["cutoff_len"]
+    return SFTConfig(**common, max_length=max_length, packing=v.padding == "packed",
+                     padding_free=v.padding == "free", dataset_num_proc=None)
+
+
+def effective_settings(name: str, a) -> dict:
+    """The settings a variant really trains with, read back from the objects
+    handed to the trainers (TrainConfig, LoraConfig, TrainingArguments /
+    SFTConfig), in one vocabulary, for tests/test_bench_settings.py."""
+    v = VARIANTS[name]
+    if v.runner == "charlora":
+        c = charlora_config(name, a, "unused")
+        return dict(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                    target_modules=c.target_modules, gradient_checkpointing=c.gradient_checkpointing,
+                    grad_accum=c.grad_accum, batch_size=c.batch_size, epochs=c.epochs, learning_rate=c.learning_rate,
+                    warmup=c.warmup, dataset=c.dataset_name, cutoff_len=c.cutoff_len, seed=c.seed)
+    lora = peer_lora(name)
+    args = peer_args(name, a, "bf16", gpu=False, output_dir=tempfile.mkdtemp())
+    checkpointing = args.activation_checkpointing or v.quantization == "8bit"  # kbit preparation turns it on
+    return dict(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                target_modules=lora.target_modules, gradient_checkpointing=checkpointing,
+                grad_accum=args.gradient_accumulation_steps, batch_size=args.per_device_train_batch_size,
+                epochs=args.num_train_epochs, learning_rate=args.learning_rate, warmup=args.warmup_steps,
+                dataset=shared_settings(a)["dataset"], cutoff_len=shared_settings(a)["cutoff_len"], seed=args.seed)
+
+
 # Dense bf16 peak of one GPU, for model FLOPs utilization (vendor figures, no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
@@ -117,7 +254,7 @@ def peak_memory_mb(device: str) -> float:
 
 def run_charlora(variant: str, a, counter_box: list) -> dict:
     from charlora import models
-    from charlora.train import TrainConfig, train
+    from charlora.train import train
 
     original = models.load_model
 
@@ -127,14 +264,11 @@ def run_charlora(variant: str, a, counter_box: list) -> dict:
         return model
 
     models.load_model = counted_load
-    extra = {"packed": {"packing": True}, "checkpointing": {"gradient_checkpointing": True},
-             "8bit": {"quantization": "8bit", "gradient_checkpointing": True}}.get(variant, {})
     with tempfile.TemporaryDirectory() as loras:
-        cfg = TrainConfig(dataset_name=a.dataset, model_name=a.model, models_dir=a.models_dir, loras_dir=loras,
-                          lora_name="bench", epochs=a.epochs, batch_size=a.batch_size, cutoff_len=a.cutoff_len,
-                          sample_replies=0, seed=a.seed, **extra)
-        result = train(cfg, log=lambda *_: None)
-    return {"seconds": result.seconds, "train_loss": result.train_loss, "steps": result.optimizer_steps}
+        result = train(charlora_config(variant, a, loras), log=lambda *_: None)
+    # every sample, every epoch: train() drops none
+    return {"seconds": result.seconds, "train_loss": result.train_loss, "steps": result.optimizer_steps,
+            "kept_samples": None}
 
 
 def naive_collator(tokenizer, cutoff_len: int):
@@ -147,23 +281,21 @@ def naive_collator(tokenizer, cutoff_len: int):
 def run_peer(variant: str, a, counter_box: list) -> dict:
     """The naive recipe and TRL: built from the same libraries, not from charlora.train."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer
 
     from charlora import models
     from charlora.samples import load_samples
     from charlora.train import tokenize_dataset
 
+    v = VARIANTS[variant]
     device = models.pick_device()
     gpu = device.startswith("cuda")
     path = models.find_model(Path(a.models_dir), a.model)
     tokenizer = models.load_tokenizer(path)
     tokenizer.padding_side = "right"
     data = tokenize_dataset(load_samples(a.dataset), tokenizer, a.cutoff_len)
-    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", bias="none",
-                      task_type="CAUSAL_LM")
-    naive = variant.startswith("naive")
-    if variant == "naive_8bit":  # the original recipe: 8-bit weights, fp16 autocast on GPUs
+    if v.quantization == "8bit":  # the original recipe: 8-bit weights, fp16 autocast on GPUs
         dtype = torch.float16 if gpu else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                                                      device_map={"": device})
@@ -173,24 +305,26 @@ def run_peer(variant: str, a, counter_box: list) -> dict:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": device} if gpu else None)
     model.config.use_cache = False
     counter_box.append(TokenCounter(model))
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.batch_size,
-                  gradient_accumulation_steps=2, num_train_epochs=a.epochs, learning_rate=1e-3,
-                  warmup_steps=0.05, lr_scheduler_type="linear", bf16=dtype == torch.bfloat16,
-                  fp16=dtype == torch.float16, logging_steps=10, save_strategy="no", report_to="none",
-                  seed=a.seed, data_seed=a.seed, use_cpu=not gpu, disable_tqdm=True)
-    if naive:
-        trainer = Trainer(model=get_peft_model(model, lora), args=TrainingArguments(**common), train_dataset=data,
+    args = peer_args(variant, a, "fp16" if dtype == torch.float16 else "bf16", gpu, tempfile.mkdtemp())
+    if v.runner == "naive":
+        trainer = Trainer(model=get_peft_model(model, peer_lora(variant)), args=args, train_dataset=data,
                           data_collator=naive_collator(tokenizer, a.cutoff_len))
+        kept = data
     else:
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTTrainer
 
         # Same token ids and labels as ours (TRL uses a `labels` column as is).
-        cfg = SFTConfig(**common, max_length=a.cutoff_len, packing=variant == "trl_packed",
-                        dataset_num_proc=None)
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                             peft_config=peer_lora(variant))
+        kept = trainer.train_dataset
+    # What the trainer really trains on: TRL drops samples its truncation
+    # leaves without a label, and packing may cut; count, don't assume.
+    real = sum(len(ids) for ids in kept["input_ids"])
+    samples = sum(len(x) for x in kept["seq_lengths"]) if "seq_lengths" in kept.column_names else len(kept)
     start = time.time()
     out = trainer.train()
-    return {"seconds": time.time() - start, "train_loss": out.training_loss, "steps": trainer.state.global_step}
+    return {"seconds": time.time() - start, "train_loss": out.training_loss, "steps": trainer.state.global_step,
+            "kept_samples": samples, "kept_tokens": real}
 
 
 def worker(a) -> None:
@@ -207,15 +341,19 @@ def worker(a) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     box: list = []
-    fn = run_charlora if a.worker in {"default", "packed", "checkpointing", "8bit"} else run_peer
+    fn = run_charlora if VARIANTS[a.worker].runner == "charlora" else run_peer
     stats = fn(a.worker, a, box)
-    # Real tokens: every sample's tokens once per epoch (the same tokenization
-    # all variants train on; TRL's packing cuts nothing at this cutoff).
+    # Real tokens: every sample's tokens once per epoch (the tokenization all
+    # variants are given); a peer that kept fewer is counted on what it kept.
     tok = models.load_tokenizer(models.find_model(Path(a.models_dir), a.model))
     lengths = [len(x) for x in tokenize_dataset(load_samples(a.dataset), tok, a.cutoff_len)["input_ids"]]
-    real = sum(lengths) * a.epochs
+    kept_tokens = stats.pop("kept_tokens", None)
+    real = (sum(lengths) if kept_tokens is None else kept_tokens) * a.epochs
+    if stats["kept_samples"] is None:
+        stats["kept_samples"] = len(lengths)
     stats.update(variant=a.worker, real_tokens=real, computed_tokens=box[0].tokens if box else None,
-                 peak_memory_mb=round(peak_memory_mb(device)), device=device, samples=len(lengths))
+                 peak_memory_mb=round(peak_memory_mb(device)), device=device, samples=len(lengths),
+                 torch_threads=torch.get_num_threads())
     if device.startswith("cuda"):
         stats["gpu"] = torch.cuda.get_device_name()
     print("RESULT " + json.dumps(stats), flush=True)
@@ -271,8 +409,32 @@ def summarize(rows: list[dict], a) -> None:
                 peak = next((v for k, v in PEAK_TFLOPS.items() if k in r["gpu"]), None)
                 if peak:
                     flops = lora_flops_per_token(Path(a.models_dir) / a.model, a.cutoff_len,
-                                                 r["variant"] == "checkpointing")
+                                                 VARIANTS[r["variant"]].gradient_checkpointing)
                     r["mfu"] = r["real_tokens_per_s"] * flops / (peak * 1e12)
+
+
+def environment() -> dict:
+    """What a reader needs to rerun a row: commit, library versions, threads, CPU."""
+    import importlib.metadata as md
+
+    import torch
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return {"commit": commit + ("+uncommitted" if dirty else ""),
+            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "trl", "accelerate", "datasets")},
+            "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()},
+            "cpu": cpu, "cpus_allowed": sorted(os.sched_getaffinity(0)), "cpus_on_machine": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def ratio(row: dict, key: str) -> str:
@@ -280,14 +442,14 @@ def ratio(row: dict, key: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| data | variant | real tok/s | computed tok/s | s/epoch | peak MB | mean train loss | speed vs naive | memory vs naive | speed vs naive_8bit | memory vs naive_8bit | MFU |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| data | variant | samples kept | real tok/s | computed tok/s | s/epoch | peak MB | mean train loss | speed vs naive | memory vs naive | speed vs naive_8bit | memory vs naive_8bit | MFU |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['dataset']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | | | |")
+            out.append(f"| {r['dataset']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
-        out.append(f"| {r['dataset']} | {r['variant']} | {r['real_tokens_per_s']:.0f} | {r['computed_tokens_per_s']:.0f} "
+        out.append(f"| {r['dataset']} | {r['variant']} | {r['kept_samples']}/{r['samples']} | {r['real_tokens_per_s']:.0f} | {r['computed_tokens_per_s']:.0f} "
                    f"| {r['seconds_per_epoch']:.0f} | {r['peak_memory_mb']} | {r['train_loss']:.3f} "
                    f"| {ratio(r, 'speedup_vs_naive')} | {ratio(r, 'memory_vs_naive')} "
                    f"| {ratio(r, 'speedup_vs_naive_8bit')} | {ratio(r, 'memory_vs_naive_8bit')} | {mfu} |")
@@ -342,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if a.model == "llama-1b-random":
         make_random_1b(Path(a.models_dir), Path(a.models_dir) / "SmolLM2-135M-Instruct")
+    load_before = os.getloadavg()  # with the after value: how shared the machine was
+    env = environment()  # the commit that ran, before anything is edited during the run
     work = Path(tempfile.mkdtemp(prefix="charlora-bench-"))
     datasets = make_datasets(Path(a.play), a.name, work)
     rows = []
@@ -356,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": a.model, "play": a.play, "name": a.name, "epochs": a.epochs, "batch_size": a.batch_size,
-            "cutoff_len": a.cutoff_len, "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d")}
+            "cutoff_len": a.cutoff_len, "date": time.strftime("%Y-%m-%d"), **env,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "variant_settings": {v: asdict(VARIANTS[v]) for v in variants}}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     text = table(rows)
     out.with_suffix(".md").write_text(text + "\n")
