@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     from charlora.train import ReplyOnlyHead
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from throughput import environment
+    from charlora.provenance import environment
 
     env = {**environment(), "load_average_before": os.getloadavg()}  # the commit that ran, before any edit
     torch.manual_seed(0)

@@ -413,30 +413,6 @@ def summarize(rows: list[dict], a) -> None:
                     r["mfu"] = r["real_tokens_per_s"] * flops / (peak * 1e12)
 
 
-def environment() -> dict:
-    """What a reader needs to rerun a row: commit, library versions, threads, CPU."""
-    import importlib.metadata as md
-
-    import torch
-
-    def version(pkg):
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=ROOT).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
-    return {"commit": commit + ("+uncommitted" if dirty else ""),
-            "versions": {p: version(p) for p in ("torch", "transformers", "peft", "trl", "accelerate", "datasets")},
-            "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()},
-            "cpu": cpu, "cpus_allowed": sorted(os.sched_getaffinity(0)), "cpus_on_machine": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
 def ratio(row: dict, key: str) -> str:
     return f"{row[key]:.2f}x" if key in row else "-"
 
@@ -505,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.model == "llama-1b-random":
         make_random_1b(Path(a.models_dir), Path(a.models_dir) / "SmolLM2-135M-Instruct")
     load_before = os.getloadavg()  # with the after value: how shared the machine was
+    from charlora.provenance import environment
+
     env = environment()  # the commit that ran, before anything is edited during the run
     work = Path(tempfile.mkdtemp(prefix="charlora-bench-"))
     datasets = make_datasets(Path(a.play), a.name, work)
