@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory.embed import Embedder
-from charlora.memory.retrieve import Hit, retrieve
-from charlora.memory.store import MemoryStore, memory_file
+from charlora.memory.retrieve import RECENCY_WEIGHT, Hit, retrieve
+from charlora.memory.store import MemoryStore, memory_file, turn_text
 from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
 from charlora.prompt import build_prompt
@@ -57,7 +57,7 @@ class MemorySettings:
     recall_k: int = 5               # at most this many recalled items
     recall_threshold: float = 0.3   # relevance in [0, 1] a recalled item needs
     recall_method: str = "hybrid"   # keyword, embedding or hybrid (keyword when no embedder)
-    recency_weight: float = 0.1     # added score for a memory said just now, halving every half-life
+    recency_weight: float = RECENCY_WEIGHT  # score x (1 + this) for a memory said just now, halving every half-life
     half_life_days: float = 7.0
     summarizer: str = "auto"        # auto, model or extractive
 
@@ -116,6 +116,10 @@ class ChatMemory:
                 for fact in extract_facts(line.text):
                     self.store.add_fact(fact, turn_id, self.clock())
         self.ids.append(turn_id)
+        if self.embedder is not None and self.s.recall_method != "keyword":
+            # Embedded once, now (~6 ms a line on one CPU thread), never again at recall time.
+            vec = self.embedder.embed([turn_text(line.speaker, line.text)])[0]
+            self.store.add_vectors("turn", self.embedder.name, {turn_id: vec})
 
     # ------------------------------------------------------------- the tiers
 
