@@ -12,14 +12,15 @@ Two rankings, each over turns and summaries together:
   "Speaker: text" when they are written), below 0 counted as 0.  The vectors
   sit in memory (store.VectorCache): one matrix-vector product a recall.
 
-hybrid fuses the two by reciprocal rank (RRF): score = sum over the rankings
-of 1 / (RRF_K + rank).  A candidate high in either list stays high, so the
-fusion does not sink below its better half the way a fixed weighting of two
-differently scaled scores can (bench/memory.py --split tune measured both:
-docs/benchmarks.md).  `fusion="weighted"` keeps the old weighted sum for
-comparison.  Recency is off by default (RECENCY_WEIGHT): on conversations
-that span months it cost recall on the tuning split.  A candidate needs
-relevance (the better of its keyword and embedding relevance) >= threshold.
+hybrid (fusion="weighted", the default) adds the two relevances, both in
+[0, 1]: KEYWORD_WEIGHT x keyword + the rest x embedding, where the keyword
+relevance counts the words said but not the speaker (the embedding carries
+that).  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
+by 0.2 recall@5: a ranking that is noise for a question (keyword for a
+paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
+Recency is off by default (RECENCY_WEIGHT): on conversations that span months
+it cost recall on the tuning split.  A candidate needs relevance >= threshold.
 Turns in the short-term window and this session's own summary are excluded:
 they are in the prompt already.
 """
@@ -34,16 +35,16 @@ from charlora.memory.store import MemoryStore
 from charlora.memory.text import content_words, fts_query
 
 METHODS = ("keyword", "embedding", "hybrid")
-FUSIONS = ("rrf", "weighted")
+FUSIONS = ("weighted", "rrf")
 # BM25 score at which the keyword relevance is 0.5; one rare shared word among
 # a few hundred turns scores about 5-8 in FTS5.
 KEYWORD_HALF = 5.0
 # Candidates each ranking contributes: recall wants 5-10, fusion needs some depth.
 CANDIDATES = 100
-# RRF's constant from Cormack et al. 2009; 60 is the usual value and the tuning split
-# did not move from it (docs/benchmarks.md).
+# RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
 RRF_K = 60
-# fusion="weighted": relevance = this x keyword + the rest x embedding (the old default).
+# hybrid relevance = this x keyword (words said) + the rest x embedding.  On the tuning
+# split 0.2-0.5 were within 0.005 recall@5 of each other (docs/benchmarks.md).
 KEYWORD_WEIGHT = 0.3
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
@@ -109,7 +110,7 @@ def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
 def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: Embedder | None = None,
              exclude_turns: Iterable[int] = (), exclude_summaries: Iterable[int] = (), k: int = 5,
              threshold: float = 0.0, recency_weight: float = RECENCY_WEIGHT, half_life_days: float = 7.0,
-             now: float | None = None, fusion: str = "rrf", keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
+             now: float | None = None, fusion: str = "weighted", keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
     """The best `k` memories for `query`, best first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
@@ -135,19 +136,26 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
                 dense[(kind, ref)] = max(0.0, sim)
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
+    said: dict[tuple[str, int], float] = {}  # keyword relevance from the words said alone
     for (kind, ref), bm25 in keyword.items():
-        text = (f"{turns[ref].speaker or ''} {turns[ref].text}" if kind == "turn" and ref in turns
-                else summaries[ref].text if kind == "summary" and ref in summaries else "")
-        keyword[(kind, ref)] = (bm25 + coverage(query, text)) / 2
+        speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
+                         else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
+        keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
+        said[(kind, ref)] = (bm25 + coverage(query, text)) / 2
     order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
     fused = rrf([order(keyword), order(dense)]) if fusion == "rrf" else {}
     hits = []
     for key in keyword.keys() | dense.keys():
         kind, ref = key
         kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
-        if method == "hybrid":
-            relevance = max(kw, emb) if fusion == "rrf" else keyword_weight * kw + (1 - keyword_weight) * emb
-            score = fused[key] if fusion == "rrf" else relevance
+        if method == "hybrid" and fusion == "weighted":
+            # The embedding already carries the speaker ("Speaker: text"); counting a
+            # name that matches only the speaker again here would rank every line of
+            # that person up, and cost paraphrased questions most of their recall.
+            kw = said.get(key, 0.0)
+            relevance = score = keyword_weight * kw + (1 - keyword_weight) * emb
+        elif method == "hybrid":
+            relevance, score = max(kw, emb), fused[key]
         else:
             relevance = score = kw if method == "keyword" else emb
         if relevance < threshold or relevance <= 0:
