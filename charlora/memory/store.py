@@ -181,9 +181,10 @@ class MemoryStore:
             if version == 0 and tables:
                 raise CharloraError(f"{self.path} is an SQLite file but not a charlora memory (no schema "
                                     "version); move it away or use another --memory_dir")
-            problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                raise CharloraError(unreadable.format("damaged: " + "; ".join(problems)))
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(1)")]
+            if problems != ["ok"]:  # e.g. "*** in database main ***\nPage 5: btreeInitPage() returns error code 11"
+                first = [p for p in "\n".join(problems).splitlines() if p and not p.startswith("***")][:1]
+                raise CharloraError(unreadable.format("damaged: " + (first[0] if first else "quick_check failed")))
         except sqlite3.DatabaseError as exc:
             raise CharloraError(unreadable.format(exc)) from None
         finally:
