@@ -57,11 +57,11 @@ from charlora.prompt import build_prompt  # noqa: E402
 DAY = 86400.0
 # name -> retrieve() arguments; the first is chat's default.
 VARIANTS = {
-    "chat default (hybrid, weighted 0.3)": {},
+    "chat default (hybrid, weighted 0.5)": {},
     "keyword only": {"method": "keyword"},
     "embedding only": {"method": "embedding"},
-    "hybrid, weighted 0.5": {"keyword_weight": 0.5},
-    "hybrid, weighted 0.15": {"keyword_weight": 0.15},
+    "hybrid, weighted 0.3": {"keyword_weight": 0.3},
+    "hybrid, weighted 0.7": {"keyword_weight": 0.7},
     "hybrid, RRF (k=60)": {"fusion": "rrf"},
     "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
 }

@@ -14,8 +14,8 @@ Two rankings, each over turns and summaries together:
 
 hybrid (fusion="weighted", the default) adds the two relevances, both in
 [0, 1]: KEYWORD_WEIGHT x keyword + the rest x embedding, where the keyword
-relevance counts the words said but not the speaker (the embedding carries
-that).  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+relevance counts only for a candidate whose words said (not just its
+speaker) share a word with the query.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
 of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
 by 0.2 recall@5: a ranking that is noise for a question (keyword for a
 paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
@@ -43,9 +43,10 @@ KEYWORD_HALF = 5.0
 CANDIDATES = 100
 # RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
 RRF_K = 60
-# hybrid relevance = this x keyword (words said) + the rest x embedding.  On the tuning
-# split 0.2-0.5 were within 0.005 recall@5 of each other (docs/benchmarks.md).
-KEYWORD_WEIGHT = 0.3
+# hybrid relevance = this x keyword + the rest x embedding.  0.5: best of 0.2-0.5 on 3
+# conversations of the tuning split (0.807 recall@5 against 0.798 for 0.2-0.4); the
+# full split in docs/benchmarks.md also has 0.3 and 0.7.
+KEYWORD_WEIGHT = 0.5
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
 DAY = 86400.0
@@ -136,12 +137,13 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
                 dense[(kind, ref)] = max(0.0, sim)
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
-    said: dict[tuple[str, int], float] = {}  # keyword relevance from the words said alone
+    said: set[tuple[str, int]] = set()  # candidates whose words (not only their speaker) match the query
     for (kind, ref), bm25 in keyword.items():
         speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
                          else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
         keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
-        said[(kind, ref)] = (bm25 + coverage(query, text)) / 2
+        if coverage(query, text) > 0:
+            said.add((kind, ref))
     order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
     fused = rrf([order(keyword), order(dense)]) if fusion == "rrf" else {}
     hits = []
@@ -149,10 +151,11 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
         kind, ref = key
         kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
         if method == "hybrid" and fusion == "weighted":
-            # The embedding already carries the speaker ("Speaker: text"); counting a
-            # name that matches only the speaker again here would rank every line of
-            # that person up, and cost paraphrased questions most of their recall.
-            kw = said.get(key, 0.0)
+            # A line that matches the query only by its speaker's name is no sign the
+            # keyword side found anything: counted, it lifts every line of that person
+            # above the paraphrase the embedding found.  With a word said, the name
+            # sharpens (Caroline's sister, not Melanie's).
+            kw = kw if key in said else 0.0
             relevance = score = keyword_weight * kw + (1 - keyword_weight) * emb
         elif method == "hybrid":
             relevance, score = max(kw, emb), fused[key]
