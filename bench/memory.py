@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -51,19 +52,19 @@ from memory_data import KINDS, conversations  # noqa: E402
 from charlora.dialogue import Line  # noqa: E402
 from charlora.memory import ChatMemory, MemorySettings, MemoryStore  # noqa: E402
 from charlora.memory.retrieve import retrieve  # noqa: E402
-from charlora.memory.store import turn_text  # noqa: E402
 from charlora.prompt import build_prompt  # noqa: E402
 
 DAY = 86400.0
 # name -> retrieve() arguments; the first is chat's default.
 VARIANTS = {
-    "chat default (hybrid, weighted 0.5)": {},
+    "chat default (hybrid, weighted 0.4)": {},
     "keyword only": {"method": "keyword"},
     "embedding only": {"method": "embedding"},
-    "hybrid, weighted 0.3": {"keyword_weight": 0.3},
-    "hybrid, weighted 0.7": {"keyword_weight": 0.7},
+    "hybrid, weighted 0.2": {"keyword_weight": 0.2},
+    "hybrid, weighted 0.6": {"keyword_weight": 0.6},
     "hybrid, RRF (k=60)": {"fusion": "rrf"},
     "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
+    "hybrid, recency 0.1 (7-day half-life)": {"recency_weight": 0.1},
 }
 BASELINES = ("plain BM25, text", "plain BM25, Speaker: text", "plain MiniLM, text", "plain MiniLM, Speaker: text")
 
@@ -129,7 +130,7 @@ def run_split(args, embedder, count) -> dict:
                 ranked = [id_to_pos[h.id] for h in hits if h.kind == "turn"]
                 rows[vname].append(score(q, ranked))
         for speaker in (False, True):
-            docs = [turn_text(l.speaker, l.text) if speaker else l.text for l in conv.lines]
+            docs = [f"{l.speaker}: {l.text}" if speaker else l.text for l in conv.lines]
             label = "Speaker: text" if speaker else "text"
             for q, ranked in zip(questions, bm25_rankings(docs, texts, kmax)):
                 rows[f"plain BM25, {label}"].append(score(q, ranked))
@@ -254,7 +255,7 @@ def environment() -> dict:
     return {"commit": commit, "python": platform.python_version(), "numpy": np.__version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "bm25s": bm25s.__version__,
             "sqlite": sqlite3.sqlite_version, "threads": torch.get_num_threads(), "cpu": platform.processor(),
-            "load_average": [round(x, 1) for x in __import__("os").getloadavg()]}
+            "load_average": [round(x, 1) for x in os.getloadavg()]}
 
 
 def main(argv=None) -> int:

@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
-from charlora.memory.embed import Embedder
+from charlora.memory.embed import Embedder, turn_vectors
 from charlora.memory.retrieve import RECENCY_WEIGHT, Hit, retrieve
-from charlora.memory.store import MemoryStore, memory_file, turn_text
+from charlora.memory.store import MemoryStore, memory_file
 from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
 from charlora.prompt import build_prompt
@@ -117,8 +117,8 @@ class ChatMemory:
                     self.store.add_fact(fact, turn_id, self.clock())
         self.ids.append(turn_id)
         if self.embedder is not None and self.s.recall_method != "keyword":
-            # Embedded once, now (~6 ms a line on one CPU thread), never again at recall time.
-            vec = self.embedder.embed([turn_text(line.speaker, line.text)])[0]
+            # Embedded once, now (~12 ms a line on one CPU thread), never again at recall time.
+            vec = turn_vectors(self.embedder, [(line.speaker, line.text)])[0]
             self.store.add_vectors("turn", self.embedder.name, {turn_id: vec})
 
     # ------------------------------------------------------------- the tiers

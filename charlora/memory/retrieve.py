@@ -8,8 +8,9 @@ Two rankings, each over turns and summaries together:
   words the candidate holds.  BM25 alone collapses in a young memory: with a
   handful of turns every word is common, its IDF is ~0, and nothing would
   pass the threshold; the share does not depend on the corpus;
-- embedding: cosine similarity of unit vectors (turns embedded as
-  "Speaker: text" when they are written), below 0 counted as 0.  The vectors
+- embedding: the query's dot product with each turn's vector, the mean of
+  the cosines of "text" and "Speaker: text" (embed.turn_vectors, made when
+  the turn is written), below 0 counted as 0.  The vectors
   sit in memory (store.VectorCache): one matrix-vector product a recall.
 
 hybrid (fusion="weighted", the default) adds the two relevances, both in
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from charlora.memory.embed import Embedder
+from charlora.memory.embed import Embedder, turn_vectors
 from charlora.memory.store import MemoryStore
 from charlora.memory.text import content_words, fts_query
 
@@ -43,10 +44,10 @@ KEYWORD_HALF = 5.0
 CANDIDATES = 100
 # RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
 RRF_K = 60
-# hybrid relevance = this x keyword + the rest x embedding.  0.5: best of 0.2-0.5 on 3
-# conversations of the tuning split (0.807 recall@5 against 0.798 for 0.2-0.4); the
-# full split in docs/benchmarks.md also has 0.3 and 0.7.
-KEYWORD_WEIGHT = 0.5
+# hybrid relevance = this x keyword + the rest x embedding.  On 4 conversations of the
+# tuning split 0.3, 0.4 and 0.5 tied (recall@5 0.894-0.895), 0.6 and 0.7 lost
+# (0.859, 0.834): 0.4, the middle of the flat part.
+KEYWORD_WEIGHT = 0.4
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
 DAY = 86400.0
@@ -103,8 +104,9 @@ def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
         missing = store.unembedded(kind, embedder.name, after)
         if missing:
             store.vectors(kind, embedder.name)  # loaded before the add, so the add reaches it
-            store.add_vectors(kind, embedder.name,
-                              dict(zip([i for i, _ in missing], embedder.embed([t for _, t in missing]))))
+            vecs = (turn_vectors(embedder, [(s, t) for _, s, t in missing]) if kind == "turn"
+                    else embedder.embed([t for _, _, t in missing]))
+            store.add_vectors(kind, embedder.name, dict(zip([i for i, _, _ in missing], vecs)))
     turns.checked = store.last_turn_id()
 
 

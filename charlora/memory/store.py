@@ -10,7 +10,7 @@ said), summaries (each session's rolling summary and the turn range it
 covers), facts (what the user said about themselves), vectors (embeddings of
 turns and summaries, per embedding model), plus FTS5 indexes over turns and
 summaries kept in step by triggers.  Schema 2 indexes who said a turn in
-its FTS5 row (a `speaker` column) and embeds turns as "Speaker: text"; a
+its FTS5 row (a `speaker` column) and in its vector (embed.turn_vectors); a
 schema-1 file is migrated in place, in one transaction, when opened.
 
 Before anything is written, a file is opened read-only and checked (header,
@@ -48,8 +48,8 @@ CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
     DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
 """
 # Schema 1 -> 2: the speaker joins the keyword index (rebuilt from the turns), and
-# turn vectors, embedded from the text alone, are dropped to be made again from
-# "Speaker: text".  Turns, sessions, summaries and facts are not touched.
+# turn vectors, embedded from the text alone, are dropped to be made again with
+# the speaker (embed.turn_vectors).  Turns, sessions, summaries and facts are not touched.
 _MIGRATE_1 = """
 DROP TRIGGER turns_ai; DROP TRIGGER turns_ad; DROP TABLE turns_fts;
 """ + _TURNS_FTS + """
@@ -348,16 +348,15 @@ class MemoryStore:
         if (kind, model) in self._cache:
             self._cache[(kind, model)].add(list(items), np.stack([np.asarray(v, np.float32) for v in items.values()]))
 
-    def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str]]:
-        """[(id, text to embed)] of turns (id > `after`) or non-empty summaries with no vector under `model`.
-        A turn is embedded as "Speaker: text": questions name the person."""
+    def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str | None, str]]:
+        """[(id, speaker, text)] of turns (id > `after`) or non-empty summaries (speaker None) with no
+        vector under `model`."""
         if kind == "turn":
-            rows = self.db.execute(
+            return list(self.db.execute(
                 "SELECT id, speaker, text FROM turns WHERE id > ? AND NOT EXISTS (SELECT 1 FROM vectors "
-                "WHERE kind = 'turn' AND ref = turns.id AND model = ?) ORDER BY id", (after, model))
-            return [(i, turn_text(speaker, text)) for i, speaker, text in rows]
+                "WHERE kind = 'turn' AND ref = turns.id AND model = ?) ORDER BY id", (after, model)))
         return list(self.db.execute(
-            "SELECT id, text FROM summaries WHERE text != '' AND NOT EXISTS (SELECT 1 FROM vectors "
+            "SELECT id, NULL, text FROM summaries WHERE text != '' AND NOT EXISTS (SELECT 1 FROM vectors "
             "WHERE kind = 'summary' AND ref = summaries.id AND model = ?) ORDER BY id", (model,)))
 
     def last_turn_id(self) -> int:
@@ -367,11 +366,6 @@ class MemoryStore:
         for (k, _), cache in self._cache.items():
             if k == kind:
                 cache.remove(ref)
-
-
-def turn_text(speaker: str | None, text: str) -> str:
-    """What a turn's embedding is made from: who said it, then what was said."""
-    return f"{speaker}: {text}" if speaker else text
 
 
 class VectorCache:
