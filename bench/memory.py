@@ -66,6 +66,8 @@ VARIANTS = {
     "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
     "hybrid, recency 0.1 (7-day half-life)": {"recency_weight": 0.1},
 }
+# The prompt rows: chat's default --recall_threshold (None), then others to compare.
+PROMPT_THRESHOLDS = (None, 0.2, 0.1)
 BASELINES = ("plain BM25, text", "plain BM25, Speaker: text", "plain MiniLM, text", "plain MiniLM, Speaker: text")
 
 
@@ -102,7 +104,8 @@ def run_split(args, embedder, count) -> dict:
     settings = MemorySettings()
     budget = settings.short_term_tokens + settings.summary_tokens + settings.facts_tokens + settings.recall_tokens
     kmax = 10
-    rows: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *BASELINES, "chat prompt", "memory-less prompt")}
+    rows: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *BASELINES, *map(prompt_row, PROMPT_THRESHOLDS),
+                                                         "memory-less prompt")}
     tmp = Path(tempfile.mkdtemp(prefix="memory-bench-"))
     started = time.time()
     for c_i, conv in enumerate(convs):
@@ -139,14 +142,21 @@ def run_split(args, embedder, count) -> dict:
                 rows[f"plain MiniLM, {label}"].append(score(q, list(np.argsort(-row, kind="stable")[:kmax])))
         newest = truncated(conv.lines, budget, count, name)
         for q in questions:
-            lines = " ".join(item.line.text for item in mem.items(q.text, []))
-            rows["chat prompt"].append({"kind": q.kind, "in": all(conv.lines[e].text in lines for e in q.evidence)})
+            for threshold in PROMPT_THRESHOLDS:
+                mem.s.recall_threshold = settings.recall_threshold if threshold is None else threshold
+                lines = " ".join(item.line.text for item in mem.items(q.text, []))
+                rows[prompt_row(threshold)].append({"kind": q.kind,
+                                                    "in": all(conv.lines[e].text in lines for e in q.evidence)})
             rows["memory-less prompt"].append({"kind": q.kind, "in": all(conv.lines[e] in newest for e in q.evidence)})
         mem.store.close()
         print(f"conversation {c_i + 1}/{len(convs)}: {len(conv.lines)} turns, {len(set(conv.sessions))} sessions over "
               f"{(conv.times[-1] - conv.times[0]) / DAY:.0f} days, {len(questions)} questions "
               f"({time.time() - started:.0f} s)", file=sys.stderr)
     return summarize(rows, convs)
+
+
+def prompt_row(threshold) -> str:
+    return "chat prompt" if threshold is None else f"chat prompt, threshold {threshold}"
 
 
 def score(q, ranked: list[int]) -> dict:
@@ -191,7 +201,7 @@ def print_tables(result: dict) -> None:
     print()
     print("| prompt holds all evidence | all | " + " | ".join(KINDS) + " |")
     print("| --- |" + " --- |" * (1 + len(KINDS)))
-    for name in ("chat prompt", "memory-less prompt"):
+    for name in (*map(prompt_row, PROMPT_THRESHOLDS), "memory-less prompt"):
         print(f"| {name} | " + " | ".join(f"{res[name][k]['prompt']:.3f}" for k in ("all", *KINDS)) + " |")
 
 
