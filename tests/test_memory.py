@@ -128,6 +128,8 @@ def test_chat_py_reports_a_corrupt_memory_file_in_one_line(tmp_path, capsys):
 def test_fts_query_quotes_content_words():
     assert fts_query('What is my dog "called"? NEAR(x*') == '"dog" OR "called" OR "near"'
     assert fts_query("is it?") == ""
+    # A possessive is the name (FTS5 would read "caroline's" as the phrase "caroline s").
+    assert fts_query("What is Caroline's sister's name?") == '"caroline" OR "sister" OR "name"'
 
 
 def test_extract_facts():

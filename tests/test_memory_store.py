@@ -15,7 +15,6 @@ from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
 from charlora.memory.retrieve import retrieve
-from charlora.memory.embed import turn_vectors
 from charlora.memory.store import VectorCache
 from test_memory import Clock, HashEmbedder, words
 
@@ -193,7 +192,9 @@ def test_turns_are_embedded_when_written_and_forgetting_drops_the_cached_vector(
         mem.record(line)
     rows = mem.store.db.execute("SELECT ref, vec FROM vectors WHERE kind = 'turn' ORDER BY ref").fetchall()
     assert [r for r, _ in rows] == [1, 2, 3, 4]
-    assert np.array_equal(np.frombuffer(rows[0][1], np.float32), turn_vectors(HashEmbedder(), [("Alice", "My sister is called Ana.")])[0])
+    # The stored vector: the mean of the text's and "Speaker: text"'s embeddings (not renormalized).
+    text, prefixed = HashEmbedder().embed(["My sister is called Ana.", "Alice: My sister is called Ana."])
+    assert np.allclose(np.frombuffer(rows[0][1], np.float32), (text + prefixed) / 2, atol=1e-7)
     hits = retrieve(mem.store, "Alice sister", "embedding", mem.embedder, k=4)
     assert hits[0].id == 1
     mem.forget("t1", history)
