@@ -1,169 +1,283 @@
-"""Does chat memory recall?  A scripted multi-session benchmark.
+"""Does chat memory recall on long, multi-session conversations?  And how fast at 100k turns?
 
-    python bench/memory.py                      # retrieval recall only (~1 min on one CPU thread)
-    python bench/memory.py --answers 32 -m SmolLM2-135M-Instruct   # plus answer accuracy with a chat model
+    python bench/memory.py --split tune       # the split retrieval choices were made on
+    python bench/memory.py --split heldout    # the reported numbers (never tuned on)
+    python bench/memory.py --latency 1000 10000 100000   # recall latency at these memory sizes
 
-In the spirit of LongMemEval / MSC: each of --users conversations (a user
-talking with the character, three sessions days apart) states 4 facts in
-session 1 among small talk; session 2 is 110 lines of distractors, some of
-them sharing words with the facts ("my friend's car", "the city council") and
-8 of them someone else's version of a fact ("My friend's dog is called Max.");
-session 3 asks about each fact after more distractors, as people ask: some
-questions share words with the statement ("What am I allergic to?"), some
-share none ("What colour is my car?" for "I drive an old green Volvo.").  The evidence for a
-question is the turn that stated the fact.
+Conversations come from bench/memory_data.py (10 a split, 20 sessions over
+100-160 days, 440-460 turns, 100 questions each: single-fact, paraphrased
+with no content word of the evidence, multi-hop over two turns, temporal),
+and are fed in as chat.py feeds them: ChatMemory.record, line by line, each
+at the time it was said, embedded at write time.  Every question is asked a
+day after the last session, over the whole memory.
 
-Reported for every question, with the chat's own retrieval code
-(charlora.memory.retrieve, threshold 0, recency as in chat):
-- recall@k of the evidence turn for keyword (FTS5 BM25), embedding
-  (all-MiniLM-L6-v2) and hybrid retrieval;
-- the same for a plain truncated history: the newest lines that fit the
-  tokens chat's memory tiers and short-term window take together;
-- optionally (--answers N), answer accuracy of the chat model's greedy reply
-  (the fact's key word in the reply) with chat's memory prompt vs the
-  truncated history.  Summaries are extractive here (fast and deterministic).
+Per question kind, for chat's retrieval (charlora.memory.retrieve, threshold
+0 so the ranking is what counts) in its default (hybrid) and its keyword-only
+and embedding-only settings, a few fusion variants, and baselines computed
+in the same run: plain BM25 (bm25s, no stemming, English stop words) over
+the text alone and over "Speaker: text", and MiniLM cosine over each:
+- evidence recall@5 / @10: the share of a question's evidence turns in the top 5 / 10;
+- all@5: the share of questions with all their evidence in the top 5;
+- prompt: the share of questions whose evidence turns all appear in the
+  memory lines chat builds (ChatMemory.items, default settings and budgets,
+  counted with the chat model's tokenizer), and the same for a memory-less
+  prompt (the newest lines within the same token budget).
+Rolling summaries are not made here (chat makes them as the window moves;
+that would cost a context() call a line), so recall is over turns.
+
+--latency stores N turns (lines of generated conversations, two speakers),
+with random unit vectors in place of their embeddings (embedding 100k lines
+on one thread takes ~10 min; the search cost does not depend on the values),
+and times retrieve() end to end with the query embedded for real by MiniLM.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory_data import KINDS, conversations  # noqa: E402
 
 from charlora.dialogue import Line  # noqa: E402
-from charlora.memory import ChatMemory, MemorySettings  # noqa: E402
-from charlora.memory.retrieve import METHODS, retrieve  # noqa: E402
+from charlora.memory import ChatMemory, MemorySettings, MemoryStore  # noqa: E402
+from charlora.memory.retrieve import retrieve  # noqa: E402
 from charlora.prompt import build_prompt  # noqa: E402
 
-NAME, USER = "Morgan", "Sam"
 DAY = 86400.0
-# (statement, question, follow-up, values): the value goes in the statement and is the question's answer;
-# the follow-up names the value and can be answered by recall alone (the "by name" columns).
-FACTS = [
-    ("My dog is called {}.", "What's my dog called again?", "Does {} still chase the postman?",
-     ["Biscuit", "Pepper", "Waffles", "Juniper"]),
-    ("I moved to {} last spring.", "Which city did I move to?", "Is {} nice this time of year?",
-     ["Leeds", "Bristol", "Porto", "Ghent"]),
-    ("I work as a {} at the hospital.", "What is my job at the hospital?", "Is being a {} hard work?",
-     ["nurse", "porter", "radiographer", "chef"]),
-    ("My sister {} is getting married in June.", "What's my sister's name?", "How is {} feeling these days?",
-     ["Ana", "Priya", "Greta", "Maeve"]),
-    ("I'm allergic to {}, so be careful with snacks.", "What am I allergic to?", "Should I avoid {} at the party?",
-     ["peanuts", "shellfish", "sesame", "kiwi"]),
-    ("I drive an old {} Volvo.", "What colour is my car?", "Do you like the colour {}?",
-     ["green", "orange", "silver", "maroon"]),
-    ("My birthday is on the {} of March.", "When is my birthday?", "What shall I do on the {}?",
-     ["ninth", "second", "twentieth", "fifth"]),
-    ("I've been learning the {} for two years.", "Which instrument have I been learning?", "Is the {} difficult?",
-     ["cello", "oboe", "banjo", "harp"]),
-    ("My favourite dish is {}.", "What is my favourite food?", "Where can I get good {}?",
-     ["paella", "ramen", "moussaka", "pierogi"]),
-    ("I support {}, win or lose.", "Which football team do I support?", "Did {} win at the weekend?",
-     ["Arsenal", "Celtic", "Ajax", "Napoli"]),
-    ("I'm reading {} at the moment.", "What book am I reading?", "Have you read {}?",
-     ["Middlemarch", "Dune", "Rebecca", "Beloved"]),
-    ("My son {} just started school.", "What's my son's name?", "Do you think {} likes his teacher?",
-     ["Tomas", "Oskar", "Felix", "Rami"]),
-    ("Next month I'm flying to {} for a holiday.", "Where am I going on holiday?", "What should I see in {}?",
-     ["Lisbon", "Oslo", "Kyoto", "Tunis"]),
-    ("I'm terrified of {}.", "What am I scared of?", "Why are people afraid of {}?",
-     ["spiders", "heights", "clowns", "thunder"]),
-    ("On weekends I go {} with friends.", "What do I do at the weekend?", "Is {} dangerous?",
-     ["climbing", "sailing", "birdwatching", "bouldering"]),
-    ("I'm learning {} in the evenings.", "Which language am I studying?", "Is {} grammar hard?",
-     ["Japanese", "Welsh", "Finnish", "Greek"]),
-]
-SMALL_TALK = [
-    "The weather has been strange this week.", "I had toast for breakfast.", "The bus was late again.",
-    "Did you see the news this morning?", "I should really tidy the kitchen.", "It's been a long day.",
-    "The neighbours are painting their fence.", "I watched a documentary about whales.", "My phone battery died.",
-    "The coffee here is not great.", "I keep forgetting my umbrella.", "There's a new bakery on the corner.",
-    "I think it might snow tonight.", "The train was packed this morning.", "I found an old photo album.",
-    "I need new shoes.", "The library was closed today.", "I tried a new recipe for soup.",
-    "The park was full of people.", "My laptop is so slow.", "I stayed up too late reading the news.",
-    "The market had lovely tomatoes.", "I'm thinking of repainting the hallway.", "There was a power cut last night.",
-    "The post office queue was enormous.", "I can't decide what to watch tonight.", "My plants need watering.",
-    "The roadworks outside are so loud.", "I went for a walk by the river.", "The cinema is showing old films.",
-    # near misses: they share words with the facts without stating them
-    "My friend's car broke down on the motorway.", "The city council closed the main road again.",
-    "My colleague is allergic to everything, poor thing.", "The football on TV was boring last night.",
-    "A wedding party was at the restaurant next to ours.", "Someone's dog barked all night.",
-    "My neighbour plays the piano badly.", "The school fair is next week.", "I read an article about spiders.",
-    "My cousin is learning to drive.", "The hospital car park costs a fortune.", "Holidays are so expensive now.",
-    "My friend's birthday party was loud.", "The bookshop had a sale on novels.", "I don't understand modern music.",
-    "The evening classes at the college look fun.", "I fancy something spicy for dinner.",
-    "Weekends go by too fast.", "My brother wants a new job.", "The language on that show was awful.",
-]
-# Someone else's version of each fact: the hardest distractors, close in words and meaning.
-CONFUSABLE = [
-    "My friend's dog is called Max.", "My cousin moved to Madrid last year.", "My uncle works as a plumber.",
-    "My colleague's sister got married in May.", "My flatmate is allergic to cats.", "My dad drives a blue Ford.",
-    "My mum's birthday is in October.", "My niece is learning the violin.", "My brother's favourite dish is curry.",
-    "My boss supports Chelsea.", "My partner is reading a thriller.", "My neighbour's son is called Jack.",
-    "My aunt is flying to Rome next week.", "My friend is terrified of snakes.", "My cousin goes running at weekends.",
-    "My colleague is learning Spanish.",
-]
-REPLIES = [
-    "Indeed, that is the way of things.", "Tell me more.", "How curious.", "I know the feeling well.",
-    "Ha! Quite right.", "Is that so?", "The world is full of such things.", "Go on.", "That sounds tiresome.",
-    "I could not agree more.", "What a tale.", "Fortune is fickle.", "Well said.", "Hmm, interesting.",
-]
+# name -> retrieve() arguments; the first is chat's default.
+VARIANTS = {
+    "chat default (hybrid, weighted 0.4)": {},
+    "keyword only": {"method": "keyword"},
+    "embedding only": {"method": "embedding"},
+    "hybrid, weighted 0.2": {"keyword_weight": 0.2},
+    "hybrid, weighted 0.6": {"keyword_weight": 0.6},
+    "hybrid, RRF (k=60)": {"fusion": "rrf"},
+    "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
+    "hybrid, recency 0.1 (7-day half-life)": {"recency_weight": 0.1},
+}
+# The prompt rows: chat's default --recall_threshold (None), then others to compare.
+PROMPT_THRESHOLDS = (None, 0.2, 0.1)
+BASELINES = ("plain BM25, text", "plain BM25, Speaker: text", "plain MiniLM, text", "plain MiniLM, Speaker: text")
 
 
-def conversation(rng: random.Random) -> tuple[list[list[Line]], list[tuple[int, int, str, str]]]:
-    """Three sessions of lines, and the questions: (session 3 line index, session 1 evidence index, question,
-    answer, kind)."""
-    facts = rng.sample(FACTS, 4)
-    values = [rng.choice(f[3]) for f in facts]
-    talk = lambda: Line(USER, rng.choice(SMALL_TALK))
-    reply = lambda: Line(NAME, rng.choice(REPLIES))
-    s1: list[Line] = [Line(USER, "Hello there."), Line(NAME, "Well met.")]
-    evidence = []
-    for (statement, *_), value in zip(facts, values):
-        s1 += [talk(), reply()]
-        evidence.append(len(s1))
-        s1 += [Line(USER, statement.format(value)), reply()]
-    s1 += [talk(), reply()]
-    s2 = [line for _ in range(55) for line in (talk(), reply())]
-    for i, other in enumerate(rng.sample(CONFUSABLE, 8)):  # spread through session 2
-        s2[12 * i + 2] = Line(USER, other)
-    s3 = [line for _ in range(10) for line in (talk(), reply())]
-    questions = []
-    # Every attribute question before any by-name one: a by-name question says the answer
-    # ("Should I avoid peanuts at the party?") and would leak it into the recent lines.
-    order = [(i, "attribute") for i in rng.sample(range(4), 4)] + [(i, "by name") for i in rng.sample(range(4), 4)]
-    for i, kind in order:
-        s3 += [talk(), reply(), talk(), reply()]
-        text = facts[i][1] if kind == "attribute" else facts[i][2].format(values[i])
-        questions.append((len(s3), evidence[i], text, values[i], kind))
-        s3 += [Line(USER, text), reply()]
-    return [s1, s2, s3], questions
+class CachedEmbedder:
+    """MiniLM with a memo: each distinct text is embedded once in a run."""
+
+    def __init__(self, model):
+        self.model, self.name, self.memo = model, model.name, {}
+
+    def embed(self, texts):
+        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if new:
+            self.memo.update(zip(new, self.model.embed(new)))
+        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
 
-def truncated(history: list[Line], budget: int, count) -> list[Line]:
+def recall_at(ranked: list[int], evidence: list[int], k: int) -> float:
+    return sum(e in ranked[:k] for e in evidence) / len(evidence)
+
+
+def bm25_rankings(docs: list[str], queries: list[str], k: int) -> list[list[int]]:
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
+    ids, scores = retriever.retrieve(tokens, k=min(k, len(docs)), show_progress=False, n_threads=1)
+    # A query with no known word scores 0 everywhere: that ranks nothing.
+    return [[int(i) for i, s in zip(row, srow) if s > 0] for row, srow in zip(ids, scores)]
+
+
+def run_split(args, embedder, count) -> dict:
+    convs = conversations(args.split, args.conversations, args.seed)
+    settings = MemorySettings()
+    budget = settings.short_term_tokens + settings.summary_tokens + settings.facts_tokens + settings.recall_tokens
+    kmax = 10
+    rows: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *BASELINES, *map(prompt_row, PROMPT_THRESHOLDS),
+                                                         "memory-less prompt")}
+    tmp = Path(tempfile.mkdtemp(prefix="memory-bench-"))
+    started = time.time()
+    for c_i, conv in enumerate(convs):
+        user, name = conv.speakers
+        clock = {"now": conv.times[0]}
+        mem = ChatMemory.open(MemorySettings(memory_dir=tmp / f"c{c_i}", session="s0"), name, user,
+                              count_tokens=count, embedder=embedder, clock=lambda: clock["now"])
+        ids = []
+        session = 0
+        for line, t, s in zip(conv.lines, conv.times, conv.sessions):
+            clock["now"] = t
+            if s != session:
+                mem.new_session()
+                session = s
+            mem.record(line)
+            ids.append(mem.ids[-1])
+        clock["now"] = conv.times[-1] + DAY
+        mem.new_session()
+        id_to_pos = {turn_id: pos for pos, turn_id in enumerate(ids)}
+        questions = conv.questions
+        texts = [q.text for q in questions]
+        for vname, kw in VARIANTS.items():
+            for q in questions:
+                hits = retrieve(mem.store, q.text, embedder=embedder, k=kmax, now=clock["now"], **kw)
+                ranked = [id_to_pos[h.id] for h in hits if h.kind == "turn"]
+                rows[vname].append(score(q, ranked))
+        for speaker in (False, True):
+            docs = [f"{l.speaker}: {l.text}" if speaker else l.text for l in conv.lines]
+            label = "Speaker: text" if speaker else "text"
+            for q, ranked in zip(questions, bm25_rankings(docs, texts, kmax)):
+                rows[f"plain BM25, {label}"].append(score(q, ranked))
+            sims = embedder.embed(texts) @ embedder.embed(docs).T
+            for q, row in zip(questions, sims):
+                rows[f"plain MiniLM, {label}"].append(score(q, list(np.argsort(-row, kind="stable")[:kmax])))
+        newest = truncated(conv.lines, budget, count, name)
+        for q in questions:
+            for threshold in PROMPT_THRESHOLDS:
+                mem.s.recall_threshold = settings.recall_threshold if threshold is None else threshold
+                lines = " ".join(item.line.text for item in mem.items(q.text, []))
+                rows[prompt_row(threshold)].append({"kind": q.kind,
+                                                    "in": all(conv.lines[e].text in lines for e in q.evidence)})
+            rows["memory-less prompt"].append({"kind": q.kind, "in": all(conv.lines[e] in newest for e in q.evidence)})
+        mem.store.close()
+        print(f"conversation {c_i + 1}/{len(convs)}: {len(conv.lines)} turns, {len(set(conv.sessions))} sessions over "
+              f"{(conv.times[-1] - conv.times[0]) / DAY:.0f} days, {len(questions)} questions "
+              f"({time.time() - started:.0f} s)", file=sys.stderr)
+    return summarize(rows, convs)
+
+
+def prompt_row(threshold) -> str:
+    return "chat prompt" if threshold is None else f"chat prompt, threshold {threshold}"
+
+
+def score(q, ranked: list[int]) -> dict:
+    return {"kind": q.kind, "r5": recall_at(ranked, q.evidence, 5), "r10": recall_at(ranked, q.evidence, 10),
+            "all5": recall_at(ranked, q.evidence, 5) == 1.0}
+
+
+def truncated(history: list[Line], budget: int, count, name: str) -> list[Line]:
     """The newest lines whose build_prompt fits `budget` tokens: the memory-less baseline."""
     lines: list[Line] = []
     for line in reversed(history):
-        if count(build_prompt([line, *lines], NAME)) > budget:
+        if count(build_prompt([line, *lines], name)) > budget:
             break
         lines.insert(0, line)
     return lines
 
 
+def summarize(rows: dict[str, list[dict]], convs) -> dict:
+    out = {}
+    for name, results in rows.items():
+        table = {}
+        for kind in ("all", *KINDS):
+            these = [r for r in results if kind == "all" or r["kind"] == kind]
+            if "in" in these[0]:
+                table[kind] = {"prompt": round(float(np.mean([r["in"] for r in these])), 3)}
+            else:
+                table[kind] = {m: round(float(np.mean([r[m] for r in these])), 3) for m in ("r5", "r10", "all5")}
+        out[name] = table
+    return {"conversations": len(convs), "turns": [len(c.lines) for c in convs],
+            "questions": {kind: sum(q.kind == kind for c in convs for q in c.questions) for kind in KINDS},
+            "days": [round((c.times[-1] - c.times[0]) / DAY) for c in convs], "results": out}
+
+
+def print_tables(result: dict) -> None:
+    res = result["results"]
+    print("| retrieval | recall@5 | recall@10 | all@5 | " + " | ".join(f"recall@5 {k}" for k in KINDS) + " |")
+    print("| --- |" + " --- |" * (3 + len(KINDS)))
+    for name in (*VARIANTS, *BASELINES):
+        a = res[name]["all"]
+        print(f"| {name} | {a['r5']:.3f} | {a['r10']:.3f} | {a['all5']:.3f} | "
+              + " | ".join(f"{res[name][k]['r5']:.3f}" for k in KINDS) + " |")
+    print()
+    print("| prompt holds all evidence | all | " + " | ".join(KINDS) + " |")
+    print("| --- |" + " --- |" * (1 + len(KINDS)))
+    for name in (*map(prompt_row, PROMPT_THRESHOLDS), "memory-less prompt"):
+        print(f"| {name} | " + " | ".join(f"{res[name][k]['prompt']:.3f}" for k in ("all", *KINDS)) + " |")
+
+
+def run_latency(args, embedder) -> dict:
+    """p50/p95 of retrieve() at each size, with the first recall (vectors read from the file) apart."""
+    convs = conversations("tune", 1 + max(args.latency) // 440, args.seed + 1000)
+    pool = [l.text for c in convs for l in c.lines]
+    questions = [q.text for c in convs[:2] for q in c.questions]
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in args.latency:
+        tmp = Path(tempfile.mkdtemp(prefix="memory-latency-"))
+        store = MemoryStore(tmp / "m.sqlite", "Morgan", "Sam")
+        t0 = time.time()
+        with store.db:
+            store.db.execute("BEGIN")
+            sid = None
+            for i in range(n):
+                if i % 22 == 0:
+                    sid, _, _ = store.session(f"s{i}", 1_767_225_600.0 + i * 60)
+                store.add_turn(sid, Line(("Sam", "Morgan")[i % 2], pool[i % len(pool)]), 1_767_225_600.0 + i * 60)
+        vecs = rng.standard_normal((n, 384)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        store.add_vectors("turn", embedder.name, dict(zip(range(1, n + 1), vecs)))
+        store.close()
+        store = MemoryStore(tmp / "m.sqlite", "Morgan", "Sam")  # as chat opens it: nothing cached yet
+        build_s = time.time() - t0
+        t0 = time.perf_counter()
+        retrieve(store, questions[0], embedder=embedder.model, k=5)
+        first_ms = (time.perf_counter() - t0) * 1000
+        times, cpu = [], []
+        for q in questions[1 : 1 + args.latency_queries]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            retrieve(store, q, embedder=embedder.model, k=5)  # the real model: no memo
+            times.append((time.perf_counter() - t0) * 1000)
+            # CPU time of this process too: on a shared machine wall time also counts other programs' turns.
+            cpu.append((time.process_time() - c0) * 1000)
+        store.close()
+        pct = lambda xs, p: round(float(np.percentile(xs, p)), 1)
+        out[str(n)] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "cpu_p50_ms": pct(cpu, 50),
+                       "cpu_p95_ms": pct(cpu, 95), "first_ms": round(first_ms, 1), "queries": len(times),
+                       "build_s": round(build_s, 1)}
+        print(f"{n} turns: p50 {out[str(n)]['p50_ms']} ms, p95 {out[str(n)]['p95_ms']} ms over {len(times)} "
+              f"queries; first recall {first_ms:.0f} ms (reads the vectors)", file=sys.stderr)
+    print("| stored turns | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | first recall ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for n, r in out.items():
+        print(f"| {int(n):,} | {r['p50_ms']} | {r['p95_ms']} | {r['cpu_p50_ms']} | {r['cpu_p95_ms']} | {r['first_ms']} |")
+    return out
+
+
+def environment() -> dict:
+    import bm25s
+    import torch
+    import transformers
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    import sqlite3
+
+    return {"commit": commit, "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "bm25s": bm25s.__version__,
+            "sqlite": sqlite3.sqlite_version, "threads": torch.get_num_threads(), "cpu": platform.processor(),
+            "load_average": [round(x, 1) for x in os.getloadavg()]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--users", type=int, default=8, help="conversations (4 questions each)")
+    p.add_argument("--split", choices=("tune", "heldout"), default="heldout")
+    p.add_argument("--conversations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10])
-    p.add_argument("-m", "--model_name", default="SmolLM2-135M-Instruct", help="model folder: tokenizer for budgets; answers")
+    p.add_argument("--latency", type=int, nargs="*", default=None, help="time recall at these memory sizes instead")
+    p.add_argument("--latency_queries", type=int, default=100)
+    p.add_argument("-m", "--model_name", default="SmolLM2-135M-Instruct", help="its tokenizer counts prompt tokens")
     p.add_argument("--models_dir", default="models")
-    p.add_argument("--answers", type=int, default=0, help="answer this many questions with the model (0: none)")
-    p.add_argument("--out", default="runs/memory_bench.json")
+    p.add_argument("--out", default=None, help="JSON (default docs/memory/<split>.json or latency.json)")
     args = p.parse_args(argv)
 
     import torch
@@ -172,129 +286,24 @@ def main(argv=None) -> int:
     from charlora.memory.embed import MiniLM
 
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(Path(args.models_dir) / args.model_name)
-    count = lambda text: len(tokenizer(text)["input_ids"])
-    settings = MemorySettings()
-    # What memory's tiers and the short-term window may take together: the baseline gets the same.
-    baseline_budget = (settings.short_term_tokens + settings.summary_tokens + settings.facts_tokens
-                       + settings.recall_tokens)
-    started = time.time()
-    embedder = MiniLM()
-    rng = random.Random(args.seed)
-    kmax = max(args.k)
-    kinds = ("attribute", "by name")
-    found = {(m, kind): {k: 0 for k in args.k} for m in (*METHODS, "truncated") for kind in kinds}
-    asked = {kind: 0 for kind in kinds}
-    answered = []  # (question, answer, memory prompt, truncated prompt)
-    n_questions = 0
-    tmp = Path(tempfile.mkdtemp(prefix="memory-bench-"))
-    for u in range(args.users):
-        sessions, questions = conversation(rng)
-        clock_start = 1_767_225_600.0 + u * 30 * DAY
-        clock = {"now": clock_start}
-
-        def tick():
-            clock["now"] += 30
-            return clock["now"]
-
-        mem = ChatMemory.open(MemorySettings(memory_dir=tmp / f"user{u}"), NAME, USER, count_tokens=count,
-                              embedder=embedder, clock=tick)
-        everything: list[Line] = []
-        evidence_ids = []
-        for s, lines in enumerate(sessions):
-            clock["now"] = clock_start + (0, 2, 5)[s] * DAY
-            if s:
-                mem.new_session()
-            history: list[Line] = []
-            asks = {q[0]: q for q in questions} if s == 2 else {}
-            for i, line in enumerate(lines):
-                history.append(line)
-                everything.append(line)
-                mem.record(line)
-                if s == 0 and i in [q[1] for q in questions]:
-                    evidence_ids.append((i, mem.ids[-1]))
-                if i not in asks:
-                    continue
-                _, ev_index, question, answer, kind = asks[i]
-                asked[kind] += 1
-                evidence = dict(evidence_ids)[ev_index]
-                n_questions += 1
-                window = mem.ids[mem.window(history, 5):]
-                for method in METHODS:
-                    hits = retrieve(mem.store, question, method, embedder, exclude_turns=window, k=kmax,
-                                    now=clock["now"])
-                    ranked = [h.id for h in hits if h.kind == "turn"]
-                    for k in args.k:
-                        found[(method, kind)][k] += evidence in ranked[:k]
-                kept = truncated(everything, baseline_budget, count)
-                for k in args.k:
-                    found[("truncated", kind)][k] += sessions[0][ev_index] in kept  # a fact is said once
-                if kind == "attribute" and len(answered) < args.answers:
-                    memory_prompt = build_prompt(mem.context(history, 5, None), NAME)
-                    answered.append((question, answer, memory_prompt, build_prompt(kept, NAME)))
-        mem.store.close()
-    retrieval_s = time.time() - started
-
-    def rate(m, k, which=kinds):
-        return sum(found[(m, kind)][k] for kind in which) / sum(asked[kind] for kind in which)
-
-    rows = ("keyword", "embedding", "hybrid", "truncated")
-    result = {"users": args.users, "questions": n_questions, "asked": asked, "seed": args.seed,
-              "baseline_tokens": baseline_budget, "retrieval_seconds": round(retrieval_s, 1),
-              "recall": {m: {"all": {k: rate(m, k) for k in args.k},
-                             **{kind: {k: rate(m, k, [kind]) for k in args.k} for kind in kinds}} for m in rows}}
-    print(f"{n_questions} questions ({asked['attribute']} by attribute, {asked['by name']} by name), seed {args.seed}, "
-          f"{args.users} conversations of {sum(map(len, sessions))} lines; truncated baseline: newest lines within "
-          f"{baseline_budget} tokens; {retrieval_s:.0f} s")
-    print("| retrieval | " + " | ".join(f"recall@{k}" for k in args.k) + " | "
-          + " | ".join(f"recall@5 {kind}" for kind in kinds) + " |")
-    print("| --- |" + " --- |" * (len(args.k) + len(kinds)))
-    for m in rows:
-        print(f"| {m} | " + " | ".join(f"{rate(m, k):.2f}" for k in args.k) + " | "
-              + " | ".join(f"{rate(m, 5, [kind]):.2f}" for kind in kinds) + " |")
-
-    if answered:
-        result["answers"] = answer_accuracy(args, answered)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    embedder = CachedEmbedder(MiniLM())
+    result = {"command": "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              **environment()}
+    if args.latency:
+        result["latency"] = run_latency(args, embedder)
+        out = args.out or "docs/memory/latency.json"
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(Path(args.models_dir) / args.model_name)
+        count = lambda text: len(tokenizer(text)["input_ids"])
+        started = time.time()
+        result.update(split=args.split, seed=args.seed, **run_split(args, embedder, count))
+        result["seconds"] = round(time.time() - started)
+        print_tables(result)
+        out = args.out or f"docs/memory/{args.split}.json"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
-
-
-def answer_accuracy(args, answered) -> dict:
-    """Greedy replies of the base model to the memory prompt and to the truncated one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(args.models_dir) / args.model_name
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    from charlora.chat import cut_reply
-
-    started = time.time()
-    right = {"memory": 0, "truncated": 0}
-    examples = []
-    for question, answer, memory_prompt, truncated_prompt in answered:
-        row = {"question": question, "answer": answer, "memory_prompt": memory_prompt}
-        for which, prompt in (("memory", memory_prompt), ("truncated", truncated_prompt)):
-            enc = tokenizer(prompt, return_tensors="pt")
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=24, do_sample=False, repetition_penalty=1.1,
-                                     pad_token_id=tokenizer.eos_token_id)
-            text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            reply = cut_reply(text, NAME, [USER])[0]
-            ok = answer.lower() in reply.lower()
-            right[which] += ok
-            row[which] = reply
-        examples.append(row)
-    n = len(answered)
-    inside = {which: sum(a.lower() in p.lower() for _, a, *prompts in answered for p in [prompts[i]])
-              for i, which in enumerate(("memory", "truncated"))}
-    print(f"the answer is in the prompt: with memory {inside['memory']}/{n}, truncated history {inside['truncated']}/{n}")
-    print(f"answer accuracy, {args.model_name} greedy, {n} questions: with memory {right['memory']}/{n}, "
-          f"truncated history {right['truncated']}/{n} ({time.time() - started:.0f} s)")
-    return {"n": n, "memory": right["memory"], "truncated": right["truncated"], "in_prompt": inside,
-            "examples": examples}
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_new_file_has_schema_version_and_wal(tmp_path):
     store.add_turn(sid, Line("Maria/../x", "hello"), 2.0)
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT speaker, text FROM turns").fetchall() == [("Maria/../x", "hello")]
     again = MemoryStore(path, "Sir Toby", "Maria/../x")
@@ -95,10 +95,10 @@ def test_corrupt_newer_foreign_and_other_pair_files_are_refused_untouched(tmp_pa
 
     newer = tmp_path / "newer.sqlite"
     MemoryStore(newer, "Bob", "Alice").close()
-    sqlite3.connect(newer).execute("PRAGMA user_version = 2")
+    sqlite3.connect(newer).execute("PRAGMA user_version = 3")
     with pytest.raises(CharloraError) as err:
         MemoryStore(newer, "Bob", "Alice")
-    assert str(err.value) == (f"memory file {newer} has schema version 2, newer than this charlora reads (1); "
+    assert str(err.value) == (f"memory file {newer} has schema version 3, newer than this charlora reads (2); "
                               "update charlora or use another --memory_dir")
 
     foreign = tmp_path / "foreign.sqlite"
@@ -128,6 +128,8 @@ def test_chat_py_reports_a_corrupt_memory_file_in_one_line(tmp_path, capsys):
 def test_fts_query_quotes_content_words():
     assert fts_query('What is my dog "called"? NEAR(x*') == '"dog" OR "called" OR "near"'
     assert fts_query("is it?") == ""
+    # A possessive is the name (FTS5 would read "caroline's" as the phrase "caroline s").
+    assert fts_query("What is Caroline's sister's name?") == '"caroline" OR "sister" OR "name"'
 
 
 def test_extract_facts():

@@ -1,19 +1,29 @@
 """Long-term memory: find the earlier turns and session summaries that bear on
 what the user just said.
 
-Each candidate gets a relevance in [0, 1]:
-- keyword: the mean of FTS5's BM25 over content words (porter-stemmed),
-  squashed as s / (s + KEYWORD_HALF), and the share of the query's content
-  words the candidate holds.  BM25 alone collapses in a young memory: with
-  a handful of turns every word is common, its IDF is ~0, and nothing would
+Two rankings, each over turns and summaries together:
+- keyword: SQLite FTS5's BM25 over the content words (porter-stemmed), who
+  said a turn indexed with it.  Its relevance in [0, 1] is the mean of BM25
+  squashed as s / (s + KEYWORD_HALF) and the share of the query's content
+  words the candidate holds.  BM25 alone collapses in a young memory: with a
+  handful of turns every word is common, its IDF is ~0, and nothing would
   pass the threshold; the share does not depend on the corpus;
-- embedding: cosine similarity of unit vectors, below 0 counted as 0;
-- hybrid: 0.3 x keyword + 0.7 x embedding (a candidate one method misses
-  scores 0 there); the embedding carries paraphrase, the keyword rare names.
-Then score = relevance + recency_weight * 0.5 ** (age / half-life), so among
-equally relevant memories the newer wins; a candidate needs relevance >=
-threshold.  Turns in the short-term window and this session's own summary
-are excluded: they are in the prompt already.
+- embedding: the query's dot product with each turn's vector, the mean of
+  the cosines of "text" and "Speaker: text" (embed.turn_vectors, made when
+  the turn is written), below 0 counted as 0.  The vectors
+  sit in memory (store.VectorCache): one matrix-vector product a recall.
+
+hybrid (fusion="weighted", the default) adds the two relevances, both in
+[0, 1]: KEYWORD_WEIGHT x keyword + the rest x embedding, where the keyword
+relevance counts only for a candidate whose words said (not just its
+speaker) share a word with the query.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
+by 0.2 recall@5: a ranking that is noise for a question (keyword for a
+paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
+Recency is off by default (RECENCY_WEIGHT): on conversations that span months
+it cost recall on the tuning split.  A candidate needs relevance >= threshold.
+Turns in the short-term window and this session's own summary are excluded:
+they are in the prompt already.
 """
 from __future__ import annotations
 
@@ -21,21 +31,25 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
-
-from charlora.memory.embed import Embedder
+from charlora.memory.embed import Embedder, turn_vectors
 from charlora.memory.store import MemoryStore
 from charlora.memory.text import content_words, fts_query
 
 METHODS = ("keyword", "embedding", "hybrid")
+FUSIONS = ("weighted", "rrf")
 # BM25 score at which the keyword relevance is 0.5; one rare shared word among
 # a few hundred turns scores about 5-8 in FTS5.
 KEYWORD_HALF = 5.0
-KEYWORD_CANDIDATES = 200
-# hybrid relevance = this x keyword + the rest x embedding.  Chosen among 0.5,
-# 0.35 and 0.2 on bench/memory.py --seed 0 (0.3: between the two that tied at
-# recall@5); the numbers in docs/benchmarks.md are from --seed 1.
-KEYWORD_WEIGHT = 0.3
+# Candidates each ranking contributes: recall wants 5-10, fusion needs some depth.
+CANDIDATES = 100
+# RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
+RRF_K = 60
+# hybrid relevance = this x keyword + the rest x embedding.  On 4 conversations of the
+# tuning split 0.3, 0.4 and 0.5 tied (recall@5 0.894-0.895), 0.6 and 0.7 lost
+# (0.859, 0.834): 0.4, the middle of the flat part.
+KEYWORD_WEIGHT = 0.4
+# Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
+RECENCY_WEIGHT = 0.0
 DAY = 86400.0
 
 
@@ -70,24 +84,41 @@ def coverage(query: str, text: str) -> float:
     return sum(any(_same_word(w, h) for h in have) for w in wanted) / len(wanted)
 
 
+def rrf(rankings: Iterable[list], k: int = RRF_K) -> dict:
+    """Reciprocal-rank fusion: {item: sum of 1 / (k + rank)} over the rankings (rank 1 = best)."""
+    fused: dict = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, 1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
 def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
-    """Embed every turn and summary the store has no vector for under this model."""
-    for kind, items in (("turn", {t.id: t.text for t in store.turns()}),
-                        ("summary", {s.id: s.text for s in store.summaries().values() if s.text})):
-        have = store.vectors(kind, embedder.name)
-        missing = [i for i in items if i not in have]
+    """Embed the turns and summaries that have no vector under this model yet.
+
+    Turns are normally embedded when they are written (ChatMemory.record);
+    this catches the rest (a file from --embedder none, or schema 1) and
+    afterwards only looks at turns newer than the last it checked."""
+    turns = store.vectors("turn", embedder.name)
+    for kind, after in (("turn", turns.checked), ("summary", 0)):
+        missing = store.unembedded(kind, embedder.name, after)
         if missing:
-            vecs = embedder.embed([items[i] for i in missing])
-            store.add_vectors(kind, embedder.name, dict(zip(missing, vecs)))
+            store.vectors(kind, embedder.name)  # loaded before the add, so the add reaches it
+            vecs = (turn_vectors(embedder, [(s, t) for _, s, t in missing]) if kind == "turn"
+                    else embedder.embed([t for _, _, t in missing]))
+            store.add_vectors(kind, embedder.name, dict(zip([i for i, _, _ in missing], vecs)))
+    turns.checked = store.last_turn_id()
 
 
 def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: Embedder | None = None,
              exclude_turns: Iterable[int] = (), exclude_summaries: Iterable[int] = (), k: int = 5,
-             threshold: float = 0.0, recency_weight: float = 0.1, half_life_days: float = 7.0,
-             now: float | None = None) -> list[Hit]:
+             threshold: float = 0.0, recency_weight: float = RECENCY_WEIGHT, half_life_days: float = 7.0,
+             now: float | None = None, fusion: str = "weighted", keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
     """The best `k` memories for `query`, best first."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}")
     if method != "keyword" and embedder is None:
         method = "keyword"  # no embedding model: say so at load time, not on every turn
     now = time.time() if now is None else now
@@ -97,28 +128,41 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
     if method in ("keyword", "hybrid"):
         q = fts_query(query)
         for kind in ("turn", "summary"):
-            for ref, s in store.keyword_search(kind, q, KEYWORD_CANDIDATES):
+            for ref, s in store.keyword_search(kind, q, CANDIDATES + len(skip[kind])):
                 if ref not in skip[kind]:
                     keyword[(kind, ref)] = s / (s + KEYWORD_HALF)
     if method in ("embedding", "hybrid"):
         ensure_vectors(store, embedder)
         qv = embedder.embed([query])[0]
         for kind in ("turn", "summary"):
-            vecs = store.vectors(kind, embedder.name)
-            refs = [r for r in vecs if r not in skip[kind]]
-            if refs:
-                sims = np.stack([vecs[r] for r in refs]) @ qv
-                dense.update({(kind, r): max(0.0, float(s)) for r, s in zip(refs, sims)})
+            for ref, sim in store.vectors(kind, embedder.name).search(qv, CANDIDATES, skip[kind]):
+                dense[(kind, ref)] = max(0.0, sim)
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
-    summaries = store.summaries()
+    summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
+    said: set[tuple[str, int]] = set()  # candidates whose words (not only their speaker) match the query
     for (kind, ref), bm25 in keyword.items():
-        text = turns[ref].text if kind == "turn" and ref in turns else summaries[ref].text if ref in summaries else ""
-        keyword[(kind, ref)] = (bm25 + coverage(query, text)) / 2
+        speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
+                         else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
+        keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
+        if coverage(query, text) > 0:
+            said.add((kind, ref))
+    order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
+    fused = rrf([order(keyword), order(dense)]) if fusion == "rrf" else {}
     hits = []
     for key in keyword.keys() | dense.keys():
         kind, ref = key
         kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
-        relevance = {"keyword": kw, "embedding": emb, "hybrid": KEYWORD_WEIGHT * kw + (1 - KEYWORD_WEIGHT) * emb}[method]
+        if method == "hybrid" and fusion == "weighted":
+            # A line that matches the query only by its speaker's name is no sign the
+            # keyword side found anything: counted, it lifts every line of that person
+            # above the paraphrase the embedding found.  With a word said, the name
+            # sharpens (Caroline's sister, not Melanie's).
+            kw = kw if key in said else 0.0
+            relevance = score = keyword_weight * kw + (1 - keyword_weight) * emb
+        elif method == "hybrid":
+            relevance, score = max(kw, emb), fused[key]
+        else:
+            relevance = score = kw if method == "keyword" else emb
         if relevance < threshold or relevance <= 0:
             continue
         if kind == "turn":
@@ -132,6 +176,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
             s = summaries[ref]
             speaker, text, created = None, s.text, s.updated
         recency = 0.5 ** (max(0.0, now - created) / (half_life_days * DAY))
-        hits.append(Hit(kind, ref, speaker, text, created, kw, emb, relevance, relevance + recency_weight * recency))
+        hits.append(Hit(kind, ref, speaker, text, created, kw, emb, relevance,
+                        score * (1 + recency_weight * recency)))
     hits.sort(key=lambda h: (-h.score, -h.created, h.kind, h.id))
     return hits[:k]

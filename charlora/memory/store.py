@@ -9,7 +9,17 @@ Tables: sessions (one a conversation), turns (every line, with the time it was
 said), summaries (each session's rolling summary and the turn range it
 covers), facts (what the user said about themselves), vectors (embeddings of
 turns and summaries, per embedding model), plus FTS5 indexes over turns and
-summaries kept in step by triggers.
+summaries kept in step by triggers.  Schema 2 indexes who said a turn in
+its FTS5 row (a `speaker` column) and in its vector (embed.turn_vectors); a
+schema-1 file is migrated in place, in one transaction, when opened.
+
+Before anything is written, a file is opened read-only and checked (header,
+schema version, PRAGMA quick_check), so a damaged or foreign file is refused
+exactly as it was found.  quick_check reads every page: about 0.1 s per 100k
+turns, once per chat run.
+
+Embeddings are kept in memory too (VectorCache): read from the file once,
+then kept in step with every write, so recall never re-reads the vectors.
 """
 from __future__ import annotations
 
@@ -24,7 +34,28 @@ import numpy as np
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# The keyword index of turns, with who said each (schema 2): "What is Caroline's
+# sister called?" finds Caroline's line, not Melanie's "My sister is called Greta".
+_TURNS_FTS = """
+CREATE VIRTUAL TABLE turns_fts USING fts5(speaker, text, content='turns', content_rowid='id',
+                                          tokenize='porter unicode61');
+CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
+    INSERT INTO turns_fts(rowid, speaker, text) VALUES (new.id, new.speaker, new.text); END;
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
+    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
+"""
+# Schema 1 -> 2: the speaker joins the keyword index (rebuilt from the turns), and
+# turn vectors, embedded from the text alone, are dropped to be made again with
+# the speaker (embed.turn_vectors).  Turns, sessions, summaries and facts are not touched.
+_MIGRATE_1 = """
+DROP TRIGGER turns_ai; DROP TRIGGER turns_ad; DROP TABLE turns_fts;
+""" + _TURNS_FTS + """
+INSERT INTO turns_fts(turns_fts) VALUES ('rebuild');
+DELETE FROM vectors WHERE kind = 'turn';
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,13 +81,7 @@ CREATE TABLE facts (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL UNI
 CREATE TABLE vectors (kind TEXT NOT NULL, ref INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,
                       PRIMARY KEY (kind, ref, model));
 -- porter: "named" finds "name"; unicode61 folds case and accents.
-CREATE VIRTUAL TABLE turns_fts USING fts5(text, content='turns', content_rowid='id', tokenize='porter unicode61');
 CREATE VIRTUAL TABLE summaries_fts USING fts5(text, content='summaries', content_rowid='id', tokenize='porter unicode61');
-CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
-    INSERT INTO turns_fts(rowid, text) VALUES (new.id, new.text); END;
-CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
-    INSERT INTO turns_fts(turns_fts, rowid, text) VALUES ('delete', old.id, old.text);
-    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
 CREATE TRIGGER summaries_ai AFTER INSERT ON summaries BEGIN
     INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text); END;
 CREATE TRIGGER summaries_ad AFTER DELETE ON summaries BEGIN
@@ -66,7 +91,7 @@ CREATE TRIGGER summaries_au AFTER UPDATE ON summaries BEGIN
     INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text);
     DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
-"""
+""" + _TURNS_FTS
 
 
 @dataclass(frozen=True)
@@ -113,15 +138,22 @@ class MemoryStore:
 
     def __init__(self, path: str | Path, name: str, user: str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CharloraError(f"cannot create memory folder {self.path.parent}: {exc.strerror}") from None
-        # isolation_level=None: every statement commits on its own unless a
-        # `with self.db:` block groups several.
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self._cache: dict[tuple[str, str], VectorCache] = {}
+        version = self._check() if self.path.exists() and self.path.stat().st_size else 0
         try:
-            self._open(name, user)
+            # isolation_level=None: every statement commits on its own unless a
+            # `with self.db:` block groups several.
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CharloraError(f"cannot open memory file {self.path} ({exc})") from None
+        try:
+            self._open(version, name, user)
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise CharloraError(f"memory file {self.path} is unreadable ({exc}); move it away to start a new "
@@ -130,15 +162,36 @@ class MemoryStore:
             self.db.close()
             raise
 
-    def _open(self, name: str, user: str) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]  # reads the header: fails on a non-database
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if version > SCHEMA_VERSION:
-            raise CharloraError(f"memory file {self.path} has schema version {version}, newer than this charlora "
-                                f"reads ({SCHEMA_VERSION}); update charlora or use another --memory_dir")
-        if version == 0 and tables:
-            raise CharloraError(f"{self.path} is an SQLite file but not a charlora memory (no schema version); "
-                                "move it away or use another --memory_dir")
+    def _check(self) -> int:
+        """The schema version of an existing file, read without writing to it;
+        CharloraError for a file this code must not touch."""
+        unreadable = (f"memory file {self.path} is unreadable ({{}}); move it away to start a new memory, "
+                      "nothing was changed")
+        try:
+            # mode=ro: nothing here can change the file (the WAL index, if any, lives in -shm).
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise CharloraError(unreadable.format(exc)) from None
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # reads the header: fails on a non-database
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version > SCHEMA_VERSION:
+                raise CharloraError(f"memory file {self.path} has schema version {version}, newer than this "
+                                    f"charlora reads ({SCHEMA_VERSION}); update charlora or use another --memory_dir")
+            if version == 0 and tables:
+                raise CharloraError(f"{self.path} is an SQLite file but not a charlora memory (no schema "
+                                    "version); move it away or use another --memory_dir")
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(1)")]
+            if problems != ["ok"]:  # e.g. "*** in database main ***\nPage 5: btreeInitPage() returns error code 11"
+                first = [p for p in "\n".join(problems).splitlines() if p and not p.startswith("***")][:1]
+                raise CharloraError(unreadable.format("damaged: " + (first[0] if first else "quick_check failed")))
+        except sqlite3.DatabaseError as exc:
+            raise CharloraError(unreadable.format(exc)) from None
+        finally:
+            db.close()
+        return version
+
+    def _open(self, version: int, name: str, user: str) -> None:
         self.db.execute("PRAGMA journal_mode = WAL")
         # FULL: each commit reaches the disk before the chat goes on; a turn
         # costs one fsync, nothing next to generating a reply.
@@ -153,6 +206,13 @@ class MemoryStore:
         if (meta.get("character"), meta.get("user")) != (name, user):
             raise CharloraError(f"memory file {self.path} belongs to {meta.get('character')!r} talking with "
                                 f"{meta.get('user')!r}, not {name!r} with {user!r}")
+        if version == 1:
+            try:
+                self.db.executescript(f"BEGIN; {_MIGRATE_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self.db.close()
@@ -203,6 +263,7 @@ class MemoryStore:
             f"SELECT id, session_id, speaker, text, created FROM turns WHERE id IN ({marks})", ids)}
 
     def delete_turn(self, turn_id: int) -> bool:
+        self._drop_cached("turn", turn_id)
         return self.db.execute("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
 
     # ------------------------------------------------------------ summaries
@@ -219,6 +280,9 @@ class MemoryStore:
     def set_summary(self, session_id: int, text: str, first_turn: int, last_turn: int, method: str,
                     now: float | None = None) -> None:
         now = time.time() if now is None else now
+        old = self.summary(session_id)
+        if old is not None:  # the trigger drops its stored vector; the cached one goes too
+            self._drop_cached("summary", old.id)
         self.db.execute("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
                         "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
@@ -228,6 +292,7 @@ class MemoryStore:
     def clear_summary(self, summary_id: int) -> bool:
         """Empty a summary but keep the range it covered, so the lines it
         summarized are not folded into the next summary again."""
+        self._drop_cached("summary", summary_id)
         return self.db.execute("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
                                (summary_id,)).rowcount > 0
 
@@ -260,14 +325,89 @@ class MemoryStore:
 
     # -------------------------------------------------------------- vectors
 
-    def vectors(self, kind: str, model: str) -> dict[int, np.ndarray]:
-        return {ref: np.frombuffer(blob, dtype=np.float32) for ref, blob in self.db.execute(
-            "SELECT ref, vec FROM vectors WHERE kind = ? AND model = ?", (kind, model))}
+    def vectors(self, kind: str, model: str) -> "VectorCache":
+        """The (kind, model) vectors, read from the file on first use and kept in memory after."""
+        key = (kind, model)
+        if key not in self._cache:
+            rows = self.db.execute("SELECT ref, vec FROM vectors WHERE kind = ? AND model = ?", (kind, model))
+            cache = VectorCache()
+            pairs = [(ref, np.frombuffer(blob, dtype=np.float32)) for ref, blob in rows]
+            if pairs:
+                cache.add([r for r, _ in pairs], np.stack([v for _, v in pairs]))
+            self._cache[key] = cache
+        return self._cache[key]
 
     def add_vectors(self, kind: str, model: str, items: dict[int, np.ndarray]) -> None:
+        if not items:
+            return
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
                                 [(kind, ref, model, np.asarray(v, dtype=np.float32).tobytes())
                                  for ref, v in items.items()])
+        if (kind, model) in self._cache:
+            self._cache[(kind, model)].add(list(items), np.stack([np.asarray(v, np.float32) for v in items.values()]))
 
+    def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str | None, str]]:
+        """[(id, speaker, text)] of turns (id > `after`) or non-empty summaries (speaker None) with no
+        vector under `model`."""
+        if kind == "turn":
+            return list(self.db.execute(
+                "SELECT id, speaker, text FROM turns WHERE id > ? AND NOT EXISTS (SELECT 1 FROM vectors "
+                "WHERE kind = 'turn' AND ref = turns.id AND model = ?) ORDER BY id", (after, model)))
+        return list(self.db.execute(
+            "SELECT id, NULL, text FROM summaries WHERE text != '' AND NOT EXISTS (SELECT 1 FROM vectors "
+            "WHERE kind = 'summary' AND ref = summaries.id AND model = ?) ORDER BY id", (model,)))
+
+    def last_turn_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+
+    def _drop_cached(self, kind: str, ref: int) -> None:
+        for (k, _), cache in self._cache.items():
+            if k == kind:
+                cache.remove(ref)
+
+
+class VectorCache:
+    """Unit vectors and their ids in one growing matrix: appending is amortized
+    O(1) (capacity doubles), a search is one matrix-vector product."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.n = 0
+        self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
+
+    def add(self, ids, vecs: np.ndarray) -> None:
+        vecs = np.asarray(vecs, dtype=np.float32)
+        if self.matrix.shape[1] != vecs.shape[1]:
+            self.matrix = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+            self.n = 0
+        need = self.n + len(vecs)
+        if need > len(self.matrix):
+            cap = max(need, 2 * len(self.matrix), 64)
+            grown = np.zeros((cap, vecs.shape[1]), dtype=np.float32)
+            grown[: self.n] = self.matrix[: self.n]
+            grown_ids = np.zeros(cap, dtype=np.int64)
+            grown_ids[: self.n] = self.ids[: self.n]
+            self.matrix, self.ids = grown, grown_ids
+        self.matrix[self.n : need] = vecs
+        self.ids[self.n : need] = ids
+        self.n = need
+
+    def remove(self, ref: int) -> None:
+        where = np.flatnonzero(self.ids[: self.n] == ref)
+        for i in where[::-1]:  # the last row moves into the hole
+            self.n -= 1
+            self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
+
+    def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[tuple[int, float]]:
+        """[(id, cosine)] of the `k` nearest, best first, ids in `skip` left out."""
+        if not self.n:
+            return []
+        sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
+        take = min(self.n, k + len(skip))
+        top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        out = [(int(self.ids[i]), float(sims[i])) for i in top if int(self.ids[i]) not in skip]
+        return out[:k]

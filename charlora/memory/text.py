@@ -35,5 +35,7 @@ def fts_query(text: str) -> str:
     """An FTS5 query that matches any content word of `text` ("" if none).
 
     Each word is quoted, so user text can never be read as FTS5 syntax."""
-    terms = list(dict.fromkeys(content_words(text)))
+    # "Caroline's" -> "caroline": FTS5 would read it as the phrase "caroline s".
+    terms = list(dict.fromkeys(part for w in content_words(text) for part in w.removesuffix("'s").split("'")
+                               if len(part) > 1 and part not in STOPWORDS))
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)

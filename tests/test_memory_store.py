@@ -1,0 +1,202 @@
+"""The memory file across versions and bad input, and the in-memory vector
+cache against a brute-force reference: a schema-1 file (written with the SQL
+of the code before schema 2) opens, migrates and recalls with nothing lost; a
+damaged file, a folder and a newer schema each stop with one CharloraError
+and leave the file byte for byte as it was."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+import chat
+from charlora.dialogue import Line
+from charlora.errors import CharloraError
+from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
+from charlora.memory.retrieve import retrieve
+from charlora.memory.store import VectorCache
+from test_memory import Clock, HashEmbedder, words
+
+# Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, started REAL NOT NULL);
+CREATE TABLE turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    speaker TEXT,
+    text TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX turns_by_session ON turns(session_id, id);
+CREATE TABLE summaries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id INTEGER NOT NULL UNIQUE REFERENCES sessions(id),
+    text TEXT NOT NULL,
+    first_turn INTEGER NOT NULL,
+    last_turn INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE facts (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL UNIQUE, turn_id INTEGER, created REAL NOT NULL);
+CREATE TABLE vectors (kind TEXT NOT NULL, ref INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,
+                      PRIMARY KEY (kind, ref, model));
+CREATE VIRTUAL TABLE turns_fts USING fts5(text, content='turns', content_rowid='id', tokenize='porter unicode61');
+CREATE VIRTUAL TABLE summaries_fts USING fts5(text, content='summaries', content_rowid='id', tokenize='porter unicode61');
+CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
+    INSERT INTO turns_fts(rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
+CREATE TRIGGER summaries_ai AFTER INSERT ON summaries BEGIN
+    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER summaries_ad AFTER DELETE ON summaries BEGIN
+    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
+CREATE TRIGGER summaries_au AFTER UPDATE ON summaries BEGIN
+    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text);
+    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
+"""
+TURNS = [("Alice", "My sister is called Ana."), ("Bob", "My sister is called Greta."),
+         ("Alice", "The bus was late again."), ("Bob", "Buses, eh.")]
+
+
+def schema_1_file(path):
+    """A memory file as the schema-1 code left it: two sessions, turns, a summary, a fact, a (text-only) vector."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(f"BEGIN; {SCHEMA_1} INSERT INTO meta VALUES ('character', 'Bob'), ('user', 'Alice'); "
+                     "PRAGMA user_version = 1; COMMIT;")
+    db.execute("INSERT INTO sessions VALUES (1, 's1', 100.0), (2, 's2', 200.0)")
+    for i, (speaker, text) in enumerate(TURNS):
+        db.execute("INSERT INTO turns (session_id, speaker, text, created) VALUES (1, ?, ?, ?)",
+                   (speaker, text, 101.0 + i))
+    db.execute("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) VALUES "
+               "(1, 'Alice: My sister is called Ana.', 1, 2, 'extractive', 150.0)")
+    db.execute("INSERT INTO facts (text, turn_id, created) VALUES ('My sister is called Ana.', 1, 101.0)")
+    db.execute("INSERT INTO vectors VALUES ('turn', 1, 'hash-512', ?)", (np.ones(512, np.float32).tobytes(),))
+    db.close()
+
+
+def dump(path) -> dict:
+    db = sqlite3.connect(path)
+    out = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+           for t in ("meta", "sessions", "turns", "summaries", "facts")}
+    db.close()
+    return out
+
+
+def test_a_schema_1_file_migrates_with_nothing_lost_and_recalls_by_speaker(tmp_path):
+    path = tmp_path / "Bob--Alice.sqlite"
+    schema_1_file(path)
+    before = dump(path)
+    store = MemoryStore(path, "Bob", "Alice")
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert dump(path) == before
+    # The old text-only turn vector is gone (it is made again from "Speaker: text"); FTS5 now has the speaker.
+    assert store.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
+    kw = retrieve(store, "What is Alice's sister called?", "keyword", k=3)
+    # Alice's line (and the summary that quotes it) before Bob's line of the same words.
+    assert [(h.kind, h.id) for h in kw] == [("summary", 1), ("turn", 1), ("turn", 2)]
+    assert kw[1].keyword > kw[2].keyword
+    hits = retrieve(store, "What is Alice's sister called?", "hybrid", HashEmbedder(), exclude_summaries=[1], k=2)
+    assert [(h.kind, h.id) for h in hits] == [("turn", 1), ("turn", 2)] and hits[0].embedding > hits[1].embedding
+    assert store.db.execute("SELECT COUNT(*) FROM vectors WHERE kind = 'turn'").fetchone()[0] == len(TURNS)
+    store.close()
+    # Opened again: already schema 2, nothing to do, the same turns.
+    again = MemoryStore(path, "Bob", "Alice")
+    assert [t.text for t in again.turns()] == [t for _, t in TURNS]
+    again.close()
+
+
+def damaged_file(path) -> bytes:
+    """A memory of 400 turns whose pages after the first few are overwritten; the header is intact."""
+    store = MemoryStore(path, "Bob", "Alice")
+    sid, _, _ = store.session("s1", 1.0)
+    with store.db:
+        store.db.execute("BEGIN")
+        for i in range(400):
+            store.add_turn(sid, Line("Alice", f"Line number {i} about the garden and the weather."), 2.0 + i)
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[4 * page : 12 * page] = bytes(range(256)) * (8 * page // 256)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_a_damaged_file_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "Bob--Alice.sqlite"
+    data = damaged_file(path)
+    with pytest.raises(CharloraError) as err:
+        MemoryStore(path, "Bob", "Alice")
+    assert str(err.value) == (f"memory file {path} is unreadable (damaged: Page 5: btreeInitPage() returns error "
+                              "code 11); move it away to start a new memory, nothing was changed")
+    assert path.read_bytes() == data
+
+
+def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_schema(tmp_path, capsys):
+    def run(memory_dir):
+        rc = chat.main(["-m", "nope", "--models_dir", str(tmp_path), "-n", "Bob", "-u", "Alice",
+                        "--memory_dir", str(memory_dir), "--say", "hi"])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = damaged_file(damaged / "Bob--Alice.sqlite")
+    assert "is unreadable" in run(damaged)
+    assert (damaged / "Bob--Alice.sqlite").read_bytes() == data
+
+    folder = tmp_path / "folder"
+    (folder / "Bob--Alice.sqlite").mkdir(parents=True)
+    assert run(folder) == (f"error: memory file {folder / 'Bob--Alice.sqlite'} is a folder; "
+                           "give --memory_dir the folder instead\n")
+    assert list((folder / "Bob--Alice.sqlite").iterdir()) == []
+
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    MemoryStore(newer / "Bob--Alice.sqlite", "Bob", "Alice").close()
+    sqlite3.connect(newer / "Bob--Alice.sqlite").execute("PRAGMA user_version = 3")
+    data = (newer / "Bob--Alice.sqlite").read_bytes()
+    assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 3, newer than this "
+                          "charlora reads (2); update charlora or use another --memory_dir\n")
+    assert (newer / "Bob--Alice.sqlite").read_bytes() == data
+
+
+def test_vector_cache_matches_brute_force_through_adds_and_removes():
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((300, 16)).astype(np.float32)
+    cache = VectorCache()
+    for start in range(0, 300, 70):  # grows past its capacity several times
+        cache.add(list(range(start + 1, min(start + 71, 301))), vecs[start : start + 70])
+    for ref in (5, 300, 17):
+        cache.remove(ref)
+    q = rng.standard_normal(16).astype(np.float32)
+    kept = [i for i in range(1, 301) if i not in (5, 300, 17, 42)]
+    expect = sorted(kept, key=lambda i: -float(vecs[i - 1] @ q))[:10]
+    got = cache.search(q, 10, skip={42})
+    assert [i for i, _ in got] == expect
+    assert np.allclose([s for _, s in got], [vecs[i - 1] @ q for i in expect], atol=1e-5)
+    assert cache.search(q, 500) and len(cache.search(q, 500)) == 297
+
+
+def test_turns_are_embedded_when_written_and_forgetting_drops_the_cached_vector(tmp_path):
+    mem = ChatMemory.open(MemorySettings(memory_dir=tmp_path), "Bob", "Alice", count_tokens=words,
+                          embedder=HashEmbedder(), clock=Clock())
+    history = [Line(speaker, text) for speaker, text in TURNS]
+    for line in history:
+        mem.record(line)
+    rows = mem.store.db.execute("SELECT ref, vec FROM vectors WHERE kind = 'turn' ORDER BY ref").fetchall()
+    assert [r for r, _ in rows] == [1, 2, 3, 4]
+    # The stored vector: the mean of the text's and "Speaker: text"'s embeddings (not renormalized).
+    text, prefixed = HashEmbedder().embed(["My sister is called Ana.", "Alice: My sister is called Ana."])
+    assert np.allclose(np.frombuffer(rows[0][1], np.float32), (text + prefixed) / 2, atol=1e-7)
+    hits = retrieve(mem.store, "Alice sister", "embedding", mem.embedder, k=4)
+    assert hits[0].id == 1
+    mem.forget("t1", history)
+    hits = retrieve(mem.store, "Alice sister", "embedding", mem.embedder, k=4)
+    assert 1 not in [h.id for h in hits] and mem.store.vectors("turn", "hash-512").n == 3
