@@ -43,9 +43,25 @@ FORMATS = ("auto", *READERS)
 DEFAULT_SCENE_GAP_MINUTES = 60.0
 
 
+# Auto detection scores the text readers on this much of the file only, so
+# one pathological file costs one reader's time, not five; a format shows
+# itself within its first few hundred lines.
+SNIFF_CHARS = 64 * 1024
+
+
+def sniff_prefix(text: str, limit: int = SNIFF_CHARS) -> str:
+    """The first `limit` characters of `text`, cut at a line end when one is near."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = head.rfind("\n")
+    return head[:cut] if cut > limit // 2 else head
+
+
 def detect_format(text: str) -> str:
     """The reader for `text`: a JSON/JSONL chat export by its keys, otherwise
-    the text reader that finds the most speaker lines (name-line on a tie)."""
+    the text reader that finds the most speaker lines (name-line on a tie) in
+    the first SNIFF_CHARS characters."""
     if text.lstrip()[:1] in ("{", "["):
         found = json_format(text)
         if found:
@@ -55,7 +71,8 @@ def detect_format(text: str) -> str:
                 "this JSON is none of the chat exports auto knows; choose one with --format "
                 f"({', '.join(READERS)})"
             )
-    scores = {fmt: sum(line.speaker is not None for line in READERS[fmt](text).lines) for fmt in TEXT_FORMATS}
+    head = sniff_prefix(text)
+    scores = {fmt: sum(line.speaker is not None for line in READERS[fmt](head).lines) for fmt in TEXT_FORMATS}
     return max(TEXT_FORMATS, key=scores.__getitem__)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from charlora.dialogue import Line
+from charlora.text import strip_controls
 
 # The names of the things a reader drops and counts, as the summary prints them.
 TIMESTAMPS = "timestamps"
@@ -33,7 +34,9 @@ def physical_lines(text: str) -> list[str]:
 
 def one_line(text: str) -> str:
     """A multi-line speech or message as one line: each line stripped, joined by
-    a space (every Unicode line break counts here, so none reaches a sample)."""
+    a space (every Unicode line break counts here, so none reaches a sample).
+    Escape sequences and other control characters go (charlora.text)."""
+    text = strip_controls(text, keep="\t\n\r\x0b\x0c\x1c\x1d\x1e\x85")
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
