@@ -15,11 +15,12 @@ import unicodedata
 # the text.  CSI: ESC [ (or the 8-bit CSI) params, intermediates, final byte.
 # OSC/DCS/PM/APC strings run to BEL or ST; the terminator is optional so an
 # unterminated string is removed to the next ESC/BEL in one pass (a required
-# terminator would make every unterminated `ESC ]` rescan the rest: quadratic).
+# terminator would make every unterminated `ESC ]` rescan the rest: quadratic)
+# and never past a line end, so cleaning line by line or all at once agree.
 _ESCAPES = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
-    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[!-/]*[0-~]?"
 )
 # Bidi embeddings, overrides and isolates (U+202A-E, U+2066-9): they reorder
 # what a terminal shows.  Zero-width joiners stay: emoji sequences need them.

@@ -393,7 +393,7 @@ def _words(text):
 
 
 def _no_controls(text):
-    return not any(unicodedata.category(ch) == "Cc" or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+    return not any((unicodedata.category(ch) == "Cc" and ch != "\t") or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
 
 
 def _check(reading, source_text):

@@ -38,6 +38,8 @@ READERS: dict[str, Callable[[str], Reading]] = {
     "openai": read_openai,
 }
 TEXT_FORMATS = ("name-line", "fountain", "play", "markdown", "whatsapp")
+# People's own messages: personal data is scrubbed from these by default.
+CHAT_FORMATS = ("whatsapp", "telegram", "discord", "sillytavern", "openai")
 FORMATS = ("auto", *READERS)
 # A silence this long in a chat starts a new conversation (with --split_scenes).
 DEFAULT_SCENE_GAP_MINUTES = 60.0
