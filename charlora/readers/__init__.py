@@ -84,10 +84,13 @@ def fix_lines(lines: Sequence[Line]) -> tuple[list[Line], int]:
     Returns the lines and how many of them changed."""
     from ftfy import fix_encoding
 
+    def fix(text: str) -> str:
+        return text if text.isascii() else fix_encoding(text)  # mojibake is never pure ASCII
+
     out, fixed = [], 0
     for line in lines:
-        speaker = fix_encoding(line.speaker) if line.speaker is not None else None
-        text = fix_encoding(line.text)
+        speaker = fix(line.speaker) if line.speaker is not None else None
+        text = fix(line.text)
         if (speaker, text) != (line.speaker, line.text):
             fixed += 1
             line = Line(speaker, text, line.after_blank)
