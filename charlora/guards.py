@@ -115,8 +115,8 @@ def is_abandoned_run(dest: Path) -> bool:
 
     if not dest.is_dir():
         return False
-    entries = list(dest.iterdir())
-    return (all(entry.name == CHECKPOINTS for entry in entries) and newest_checkpoint(dest / CHECKPOINTS) is None)
+    entries = [entry.name for entry in dest.iterdir()]
+    return entries == [CHECKPOINTS] and newest_checkpoint(dest / CHECKPOINTS) is None
 
 
 class Diverged(CharloraError):
