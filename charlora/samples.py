@@ -45,9 +45,12 @@ def build_samples(lines: Sequence[Line], name: str, rounds: int, split_scenes: b
     """
     if rounds < 0:
         raise CharloraError(f"--rounds must be 0 or more, got {rounds}")
+    from charlora.text import has_visible_text
+
     samples = []
     for i, line in enumerate(lines):
-        if line.speaker == name:
+        # a line that shows nothing would train the model to say nothing
+        if line.speaker == name and has_visible_text(line.text):
             window = context_window(lines, i, rounds, split_scenes)
             samples.append({"output": line.text, "input": build_prompt(window, name)})
     return samples
@@ -133,6 +136,7 @@ write_text_atomic = files.write_text_atomic
 def load_samples(path: str | Path) -> list[dict[str, str]]:
     """Read a processed dataset and check its shape, naming the first bad entry."""
     from charlora.dialogue import MAX_INPUT_BYTES, read_bytes_bounded
+    from charlora.text import has_visible_text
 
     path = Path(path)
     try:
@@ -156,7 +160,7 @@ def load_samples(path: str | Path) -> list[dict[str, str]]:
     for i, item in enumerate(data):
         if not (isinstance(item, dict) and isinstance(item.get("input"), str) and isinstance(item.get("output"), str)):
             raise CharloraError(f"{path}: entry {i} is not an object with string \"input\" and \"output\"")
-        if not item["output"].strip():
+        if not has_visible_text(item["output"]):
             raise CharloraError(f"{path}: entry {i} has an empty \"output\"; there is nothing to learn from it")
         for key in ("input", "output"):
             try:

@@ -57,3 +57,9 @@ def clean_speaker(name: str) -> str:
     """A speaker's name on one line: controls gone, breaks and runs of spaces
     one space ("Evil\\nBob" -> "Evil Bob", never a second line)."""
     return " ".join(strip_controls(name, keep="\n\t").split())
+
+
+def has_visible_text(text: str) -> bool:
+    """False for text that shows nothing: only spaces, separators, control
+    or format characters (a zero-width space is not a reply to learn)."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)

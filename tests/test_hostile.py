@@ -491,7 +491,7 @@ def test_lone_surrogates_in_a_chat_export(fmt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["telegram", "discord", "sillytavern", "openai"])
-@pytest.mark.parametrize("body", ["", "   ", "\x1b[0m", "\x00\x07", "\n\n"])
+@pytest.mark.parametrize("body", ["", "   ", "\x1b[0m", "\x00\x07", "\n\n", "\u200b", "\u3000\u200d", "\ufeff"])
 def test_messages_empty_once_cleaned_make_no_sample(fmt, body, tmp_path, capsys):
     src = tmp_path / "in.json"
     src.write_text(_chat_file(fmt, "Bob", body), encoding="utf-8")

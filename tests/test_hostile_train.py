@@ -163,6 +163,7 @@ def test_merge_with_an_absolute_model_path_writes_inside_the_models_folder(model
 @pytest.mark.parametrize("entry, message", [
     ({"output": "", "input": "Bob:"}, "empty \"output\""),
     ({"output": "   ", "input": "Bob:"}, "empty \"output\""),
+    ({"output": "\u200b\u2028", "input": "Bob:"}, "empty \"output\""),
     ({"output": "hi\ud800", "input": "Bob:"}, "unpaired surrogate"),
     ({"output": "hi", "input": "\udfff Bob:"}, "unpaired surrogate"),
 ])
