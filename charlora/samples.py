@@ -141,20 +141,23 @@ def load_samples(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     try:
         data = json.loads(read_bytes_bounded(path, MAX_INPUT_BYTES).decode("utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
     except FileNotFoundError:
         raise CharloraError(
             f"dataset {path} not found; make it with `python prepare_dataset.py --name <character>`"
         ) from None
     except IsADirectoryError:
         raise CharloraError(f"{path} is a folder, not a dataset file (set it with --dataset_name/-d)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
     except RecursionError:
         raise CharloraError(f"{path} is not a valid JSON dataset: nested too deeply") from None
     except OSError as exc:
         raise CharloraError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError:  # a NUL in the path
-        raise CharloraError(f"cannot read {str(path)!r}: the file name holds a NUL character") from None
+    except ValueError as exc:  # a NUL in the path, or an integer too long to convert
+        problem = "the file name holds a NUL character" if "\0" in str(path) else str(exc).split(";")[0]
+        raise CharloraError(f"cannot read {str(path)!r}: {problem}") from None
     if not isinstance(data, list) or not data:
         raise CharloraError(f"{path} must be a non-empty JSON list of {{\"output\", \"input\"}} objects")
     for i, item in enumerate(data):

@@ -532,3 +532,33 @@ def test_scripts_are_scrubbed_only_when_asked(flag, scrubbed, tmp_path, capsys):
     assert rc == 0
     assert samples_of(tmp_path / "out.json")[0]["input"] == \
         ("Alice:write to <EMAIL>\nBob:" if scrubbed else "Alice:write to alice@example.com\nBob:")
+
+
+# ------------------------------------------------------------- hostile JSON
+
+_MSG = '{"type": "message", "from": "Bob", "author": {"name": "Bob"}, "name": "Bob", "role": "user", '
+JSON_HOSTILE = {
+    "integer of 5,000 digits": '{"messages": [' + _MSG + '"text": "hi", "content": "hi", "mes": "hi", "date": '
+                               + "1" * 5000 + '}]}',
+    "nested 100,000 deep": "[" * 100_000 + "]" * 100_000,
+    "nested objects": '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "NaN and Infinity tokens": '{"messages": [' + _MSG + '"text": "hi", "content": "hi", "mes": "hi", "date": NaN, '
+                               '"timestamp": Infinity, "send_date": -Infinity}]}',
+    "float overflow": '{"messages": [' + _MSG + '"text": "hi", "content": "hi", "mes": "hi", "date": 1e400, '
+                      '"timestamp": 1e400}]}',
+    "text is a number": '{"messages": [' + _MSG + '"text": 5, "content": 5, "mes": 5}]}',
+    "truncated": '{"messages": [' + _MSG + '"text": "hi"',
+    "jsonl with a bad row": '{"name": "Bob", "mes": "hi"}\n{"name": \n',
+    "empty object": "{}",
+    "empty list": "[]",
+}
+
+
+@pytest.mark.parametrize("fmt", ["auto", "telegram", "discord", "sillytavern", "openai"])
+@pytest.mark.parametrize("case", list(JSON_HOSTILE))
+def test_hostile_json(case, fmt, tmp_path, capsys):
+    src = tmp_path / "in.json"
+    src.write_text(JSON_HOSTILE[case], encoding="utf-8")
+    rc, _, error = prepare(capsys, tmp_path, "-n", "Bob", "-t", str(src), "--format", fmt)
+    if rc == 0:
+        assert samples_of(tmp_path / "out.json")[0]["output"] == "hi"

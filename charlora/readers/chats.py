@@ -86,9 +86,20 @@ def parse_time(value: Any) -> datetime | None:
     return None
 
 
-def _load_json(text: str) -> Any:
+def _loads(text: str) -> Any:
+    """json.loads, with its other ValueError (an integer of over 4,300 digits,
+    which Python refuses to convert) reported as a JSONDecodeError too."""
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc).split(";")[0], text, 0) from None
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return _loads(text)
     except json.JSONDecodeError as exc:
         raise CharloraError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
@@ -100,7 +111,7 @@ def _load_jsonl(text: str) -> list[Any]:
     for number, row in enumerate(physical_lines(text), 1):
         if row.strip():
             try:
-                rows.append(json.loads(row))
+                rows.append(_loads(row))
             except json.JSONDecodeError as exc:
                 raise CharloraError(f"line {number} is not valid JSON ({exc.msg})") from None
             except RecursionError:
@@ -309,7 +320,7 @@ _NOT_SPOKEN_ROLES = {"system", "developer", "tool", "function"}
 
 def _openai_conversations(text: str) -> list[list[Any]]:
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except json.JSONDecodeError:
         data = _load_jsonl(text)
     except RecursionError:
@@ -356,7 +367,7 @@ def read_openai(text: str) -> Reading:
 def json_format(text: str) -> str | None:
     """Which chat export a JSON or JSONL text is, or None if it is neither."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except (json.JSONDecodeError, RecursionError):
         try:
             rows = _load_jsonl(text)
