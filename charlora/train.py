@@ -548,7 +548,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     model_path = models.find_model(models_dir, cfg.model_name)
     from charlora import files, guards
 
-    lock = guards.lock_adapter(loras_dir, cfg.lora_name)  # noqa: F841 -- held until train() returns
+    # held until train() returns; by the first process only (the others of a torchrun job are the same run)
+    lock = guards.lock_adapter(loras_dir, cfg.lora_name) if main_process else None  # noqa: F841
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
     ensure_writable(loras_dir)
     from charlora import checkpoints
