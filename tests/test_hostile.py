@@ -76,7 +76,7 @@ def prepare(capsys, tmp_path: Path, *args: str, out: Path | None = None) -> tupl
     assert "Traceback" not in stdout + stderr
     assert "\x1b" not in stdout + stderr  # no escape reaches the terminal
     new = tree(tmp_path) - before
-    allowed = {out.name, out.stem + ".openai.jsonl", out.stem + ".sharegpt.json"}
+    allowed = {out.name, out.stem + ".source.json", out.stem + ".openai.jsonl", out.stem + ".sharegpt.json"}
     assert all(Path(p).name in allowed for p in new), new
     if rc == 0:
         return rc, stdout, ""
@@ -228,6 +228,9 @@ def test_decode_dialogue_exact():
     (["--rounds", str(10 ** 30)], "--rounds"),
     (["--rounds", "1e3"], "invalid int value"),
     (["--rounds", "nan"], "invalid int value"),
+    (["--cutoff_len", "7"], "--cutoff_len"),
+    (["--cutoff_len", "-1"], "--cutoff_len"),
+    (["--cutoff_len", "8"], None),
     (["--phone_region", "XX"], "--phone_region"),
     (["--phone_region", "gb"], None),
     (["--phone_region", ""], "--phone_region"),
