@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in reports:
             print(f"  {r.label:<9}: {r.examples[i].reply[:150]!r}{'' if r.examples[i].ended_by_eos else ' [no EOS]'}")
     if args.json_out:
+        from charlora.files import write_json_atomic
         from charlora.provenance import environment
-        from charlora.samples import write_json_atomic
 
         write_json_atomic({"reports": [asdict(r) for r in reports],
                            "summary": {k: {"mean": m, "sd": sd} for k, (m, sd) in summ.items()},

@@ -14,11 +14,15 @@ trains on.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections import Counter
 
+from charlora import scrub
 from charlora.errors import CharloraError
-from charlora.exports import EXPORTS, write_exports
-from charlora.readers import DEFAULT_SCENE_GAP_MINUTES, FORMATS, read_source
+from charlora.exports import EXPORTS, export_paths, write_exports
+from charlora.files import check_outputs
+from charlora.readers import CHAT_FORMATS, DEFAULT_SCENE_GAP_MINUTES, FORMATS, read_source
 from charlora.source import source_path, source_record
 from charlora.samples import (build_samples, merge_aliases, missing_speaker_message, parse_names, speaker_counts,
                               summarize, write_json_atomic)
@@ -47,10 +51,44 @@ def make_parser() -> argparse.ArgumentParser:
                         "the character's share, the held-out slice), counting tokens with this model's tokenizer "
                         "(a folder in the models folder)")
     p.add_argument("--cutoff_len", type=int, default=256, help="with --report: the training --cutoff_len to check against")
+    p.add_argument("--scrub", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace e-mails, phone numbers, URLs, card numbers, IBANs and @handles with <EMAIL>, "
+                        "<PHONE>, ... (default: on for chat exports, off for scripts and plays)")
+    p.add_argument("--phone_region", default=scrub.DEFAULT_REGION,
+                   help="with --scrub: the country whose numbers are written without a +country code")
     p.add_argument("--export", nargs="+", default=[], choices=list(EXPORTS),
                    help="also write the samples beside --jsonfilename as OpenAI messages JSONL "
                         "(<name>.openai.jsonl) and/or ShareGPT JSON (<name>.sharegpt.json)")
     return p
+
+
+# A context longer than this holds whole conversations per sample, and the
+# dataset grows with rounds x lines; no model's window wants more.
+MAX_ROUNDS = 1000
+# Nineteen years: past any chat's life, and well inside what datetime can add.
+MAX_SCENE_GAP_MINUTES = 1e7
+# Longer than any model's context window today.
+MAX_CUTOFF_LEN = 1_000_000
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range, before any file is touched."""
+    if not 0 <= args.rounds <= MAX_ROUNDS:
+        raise CharloraError(f"--rounds must be between 0 and {MAX_ROUNDS}, got {args.rounds}")
+    gap = args.scene_gap_minutes
+    if gap is not None and not (math.isfinite(gap) and 0 < gap <= MAX_SCENE_GAP_MINUTES):
+        raise CharloraError(f"--scene_gap_minutes must be more than 0 and at most {MAX_SCENE_GAP_MINUTES:g}, got {gap:g}")
+    if not 8 <= args.cutoff_len <= MAX_CUTOFF_LEN:  # as lora_finetune.py checks it
+        raise CharloraError(f"--cutoff_len must be between 8 and {MAX_CUTOFF_LEN} tokens, got {args.cutoff_len}")
+    args.phone_region = scrub.check_region(args.phone_region)
+
+
+def say(text: str, file=None) -> None:
+    """Print what came from a file or the command line without its escape
+    sequences (a speaker named `\\x1b]0;...` must not retitle the terminal)."""
+    from charlora.text import strip_controls
+
+    print(strip_controls(text), file=file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split_scenes or args.scene_gap_minutes is not None
     gap = args.scene_gap_minutes if args.scene_gap_minutes is not None else DEFAULT_SCENE_GAP_MINUTES
     try:
-        if args.scene_gap_minutes is not None and args.scene_gap_minutes <= 0:
-            raise CharloraError(f"--scene_gap_minutes must be more than 0, got {args.scene_gap_minutes:g}")
+        check_flags(args)
+        if not args.list_speakers:
+            # Every destination checked before the input is even read: none
+            # may be the input, and one refused must not leave others written.
+            check_outputs([args.jsonfilename, source_path(args.jsonfilename),
+                           *export_paths(args.jsonfilename, args.export).values()], inputs=[args.txtfilename])
         source = read_source(args.txtfilename, args.format, args.fix_text, gap if split else None)
         if args.list_speakers:
-            print(source.describe())
+            say(source.describe())
             counts = speaker_counts(source.lines)
             print(f"{len(counts)} speakers:")
             for speaker, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-                print(f"{n:7d}  {speaker}")
+                say(f"{n:7d}  {speaker}")
             return 0
         if args.report:  # an unknown model is an error before anything is written
             from charlora import models
@@ -77,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             models.find_model(models.resolve_dir(None, "models")[0], args.report)
         names = parse_names(args.name)
         lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
+        scrubbing = args.scrub if args.scrub is not None else source.format in CHAT_FORMATS
+        scrubbed = Counter()
+        if scrubbing:
+            lines = scrub.scrub_lines(lines, args.phone_region, scrubbed)
         samples = build_samples(lines, name, args.rounds, split_scenes=split)
         if not samples:
             raise CharloraError(missing_speaker_message(", ".join(names), speaker_counts(source.lines), args.txtfilename))
@@ -85,24 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(source_record(lines, name, args.rounds, split), source_path(args.jsonfilename))
         exported = write_exports(samples, args.jsonfilename, args.export)
     except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 2
-    print(source.describe())
+    say(source.describe())
     if len(names) > 1 or args.ignore_case:
         spellings = " + ".join(f"{speaker} ({n})" for speaker, n in merged.most_common())
-        print(f"character {name}: {spellings}{' (case ignored)' if args.ignore_case else ''}")
+        say(f"character {name}: {spellings}{' (case ignored)' if args.ignore_case else ''}")
     if split:
         breaks = sum(line.after_blank for line in lines[1:])
         print(f"scene breaks that end a context: {breaks} (in chats, silences of {gap:g}+ minutes)")
-    print(f"{summarize(samples, speaker_counts(lines))} -> {args.jsonfilename}")
+    if scrubbing:
+        say(f"personal data replaced: {scrub.describe(scrubbed)}" + ("" if args.scrub else
+                                                                   " (on for chat exports; --no-scrub turns it off)"))
+    say(f"{summarize(samples, speaker_counts(lines))} -> {args.jsonfilename}")
     for path in exported:
-        print(f"exported -> {path}")
+        say(f"exported -> {path}")
     if args.report:
         try:
             for line in report_lines(args.report, samples, lines, name, args.rounds, split, args.cutoff_len):
-                print(line)
+                say(line)
         except CharloraError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            say(f"error: {exc}", file=sys.stderr)
             return 2
     return 0
 

@@ -47,9 +47,15 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+# The run record's key for the dataset's SHA-256 (charlora.guards.file_digest).
+DATASET_DIGEST = "dataset_sha256"
+
+
 def record_run(folder: Path, settings: dict[str, Any]) -> None:
+    from charlora.files import write_json_atomic
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    write_json_atomic(settings, folder / RUN_FILE)
 
 
 def check_resumable(folder: Path, settings: dict[str, Any]) -> None:
@@ -59,6 +65,15 @@ def check_resumable(folder: Path, settings: dict[str, Any]) -> None:
         saved = json.loads((folder / RUN_FILE).read_text())
     except (OSError, ValueError):
         raise CharloraError(f"{folder} has no readable {RUN_FILE}; it cannot be resumed (use --overwrite to start over)") from None
+    if not isinstance(saved, dict):
+        raise CharloraError(f"{folder / RUN_FILE} is damaged; it cannot be resumed (use --overwrite to start over)")
+    # Records from before the digest was kept have none: nothing to compare.
+    if saved.get(DATASET_DIGEST) and settings.get(DATASET_DIGEST) and saved[DATASET_DIGEST] != settings[DATASET_DIGEST]:
+        raise CharloraError(f"cannot resume: the dataset {settings.get('dataset_name')} changed since the checkpoints in "
+                            f"{folder} were made; resuming would mix two datasets' training. Restore it, or "
+                            "--overwrite to start over")
+    saved.pop(DATASET_DIGEST, None)
+    settings = {k: v for k, v in settings.items() if k != DATASET_DIGEST}
     changed = [k for k in sorted(set(saved) | set(settings))
                if k not in RESUME_FREE and saved.get(k) != settings.get(k)]
     if changed:

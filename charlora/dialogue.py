@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charlora.errors import CharloraError
+from charlora.text import clean_line
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ _MAX_NAME_WORDS = 5
 
 
 def parse_line(raw: str) -> Line | None:
-    """One physical line -> a Line, or None for a blank line."""
-    stripped = raw.strip()
+    """One physical line -> a Line, or None for a blank line.  Control
+    characters and escape sequences go (charlora.text.clean_line)."""
+    stripped = clean_line(raw).strip()
     if not stripped:
         return None
     match = _SPEAKER.match(stripped)
@@ -69,6 +71,29 @@ def parse_dialogue(text: str) -> list[Line]:
     return lines
 
 
+def check_mostly_utf8(data: bytes, first_bad: int, source: str = "input") -> None:
+    """Raise CharloraError if `data` is UTF-8 apart from a few bad bytes.
+
+    "Mostly UTF-8" means at least as many well-formed multi-byte UTF-8
+    characters as malformed sequences.  Text in a legacy 8-bit code page has
+    almost none of the former (an accented letter there is one byte followed
+    by ASCII, which UTF-8 rejects), so it still goes to detection.  We stop
+    rather than replace the bad bytes: a file damaged once may be damaged
+    elsewhere in ways that do decode, and the line number lets the user look.
+    """
+    replaced = data.decode("utf-8", errors="replace")
+    bad = replaced.count("\ufffd") - data.count(b"\xef\xbf\xbd")
+    good = sum(1 for ch in replaced if ord(ch) > 0x7F) - replaced.count("\ufffd")
+    if good == 0 or good < bad:
+        return
+    line = data.count(b"\n", 0, first_bad) + 1
+    more = f" and {bad - 1} more" if bad > 1 else ""
+    raise CharloraError(
+        f"{source} is UTF-8 except for a bad byte (0x{data[first_bad]:02x}) on line {line}{more}; "
+        "fix or remove it (or save the file as UTF-8 again) and retry"
+    )
+
+
 _LATIN_CODEPAGES = {
     "cp1250", "cp1252", "cp1254", "cp1257", "latin_1", "iso8859_2", "iso8859_9", "iso8859_15",
     "mac_roman", "mac_latin2", "mac_iceland", "mac_turkish", "hp_roman8", "cp775", "cp850", "cp437",
@@ -80,14 +105,17 @@ _CENTRAL_EUROPEAN = {"Polish", "Czech", "Slovak", "Hungarian", "Croatian", "Slov
 def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
     """Bytes -> (text, encoding name).
 
-    UTF-8 (with or without BOM) is taken as is.  Anything else goes to
-    charset-normalizer; if it cannot name an encoding we stop with a clear error
-    rather than hand on guessed garbage.
+    UTF-8 (with or without BOM) is taken as is.  A file that is UTF-8 but
+    for a few bad bytes is refused, naming the first bad line (see
+    check_mostly_utf8): a detector would pick some code page that reads the
+    stray byte and turn every accented letter into mojibake.  Only a file that
+    is not UTF-8 at all goes to charset-normalizer; if it cannot name an
+    encoding we stop with a clear error rather than hand on guessed garbage.
     """
     try:
         return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        pass
+    except UnicodeDecodeError as exc:
+        check_mostly_utf8(data, exc.start, source)
     import charset_normalizer
 
     matches = charset_normalizer.from_bytes(data)
@@ -115,17 +143,42 @@ def decode_dialogue(data: bytes, source: str = "input") -> tuple[str, str]:
     return str(best), best.encoding
 
 
-def read_text_file(path: str | Path) -> tuple[str, str]:
+# Larger than any chat export we have seen (a decade of WhatsApp is tens of
+# MB) and small enough to read and parse in memory; a bigger input is likely
+# a mistake (a disk image, /dev/zero) and would otherwise read forever.
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+
+def read_bytes_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing devices, pipes and files over `limit`."""
+    import stat
+
+    st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CharloraError(f"{path} is not a regular file (a device, pipe or socket); save the dialogue to a file")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)  # +1: a file that grew past the limit while read is still caught
+    if len(data) > limit:
+        raise CharloraError(f"{path} is larger than {limit // 2**20} MiB, the most a dialogue file may be; "
+                            "split it into smaller files")
+    return data
+
+
+def read_text_file(path: str | Path, limit: int | None = None) -> tuple[str, str]:
     """Read and decode a dialogue file of any source format -> (text, encoding)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes_bounded(path, MAX_INPUT_BYTES if limit is None else limit)
     except FileNotFoundError:
         raise CharloraError(f"dialogue file {path} not found (set it with --txtfilename/-t)") from None
     except IsADirectoryError:
         raise CharloraError(f"{path} is a folder, not a dialogue file") from None
     except OSError as exc:
-        raise CharloraError(f"cannot read {path}: {exc.strerror}") from None
+        raise CharloraError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the path
+        raise CharloraError(f"cannot read {str(path)!r}: the file name holds a NUL character") from None
     return decode_dialogue(data, str(path))
 
 

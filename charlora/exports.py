@@ -7,25 +7,24 @@ export sees byte-for-byte the text charlora trains on.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-from charlora.samples import write_text_atomic
+from charlora.files import strict_json, write_text_atomic
 
 
 def to_openai(samples: Sequence[dict[str, str]]) -> str:
     """OpenAI chat fine-tuning JSONL: {"messages": [user, assistant]} a line."""
     rows = ({"messages": [{"role": "user", "content": s["input"]}, {"role": "assistant", "content": s["output"]}]}
             for s in samples)
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return "".join(strict_json(row, indent=None) + "\n" for row in rows)
 
 
 def to_sharegpt(samples: Sequence[dict[str, str]]) -> str:
     """ShareGPT JSON: [{"conversations": [{"from": "human"}, {"from": "gpt"}]}]."""
     rows = [{"conversations": [{"from": "human", "value": s["input"]}, {"from": "gpt", "value": s["output"]}]}
             for s in samples]
-    return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
+    return strict_json(rows) + "\n"
 
 
 # name -> (file suffix that replaces the dataset's .json, renderer)
@@ -39,11 +38,15 @@ def export_path(dataset: str | Path, kind: str) -> Path:
     return dataset.with_name(stem + EXPORTS[kind][0])
 
 
+def export_paths(dataset: str | Path, kinds: Sequence[str]) -> dict[str, Path]:
+    """{kind: path} for each asked-for export, once each."""
+    return {kind: export_path(dataset, kind) for kind in dict.fromkeys(kinds)}
+
+
 def write_exports(samples: Sequence[dict[str, str]], dataset: str | Path, kinds: Sequence[str]) -> list[Path]:
-    """Write each asked-for export beside the dataset file, atomically."""
-    paths = []
-    for kind in dict.fromkeys(kinds):
-        path = export_path(dataset, kind)
+    """Write each asked-for export beside the dataset file, atomically (the
+    caller checks every destination first: charlora.files.check_outputs)."""
+    paths = export_paths(dataset, kinds)
+    for kind, path in paths.items():
         write_text_atomic(EXPORTS[kind][1](samples), path)
-        paths.append(path)
-    return paths
+    return list(paths.values())

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from charlora import files
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.prompt import build_prompt
@@ -46,9 +45,12 @@ def build_samples(lines: Sequence[Line], name: str, rounds: int, split_scenes: b
     """
     if rounds < 0:
         raise CharloraError(f"--rounds must be 0 or more, got {rounds}")
+    from charlora.text import has_visible_text
+
     samples = []
     for i, line in enumerate(lines):
-        if line.speaker == name:
+        # a line that shows nothing would train the model to say nothing
+        if line.speaker == name and has_visible_text(line.text):
             window = context_window(lines, i, rounds, split_scenes)
             samples.append({"output": line.text, "input": build_prompt(window, name)})
     return samples
@@ -57,7 +59,9 @@ def build_samples(lines: Sequence[Line], name: str, rounds: int, split_scenes: b
 def parse_names(value: str) -> list[str]:
     """`--name "Bob, Robert,BOB"` -> ["Bob", "Robert", "BOB"]: the first is the
     name the samples use, the rest are aliases that map to it."""
-    names = [" ".join(part.split()) for part in value.split(",")]
+    from charlora.text import clean_speaker
+
+    names = [clean_speaker(part) for part in value.split(",")]  # as the readers clean speakers
     names = list(dict.fromkeys(n for n in names if n))
     if not names:
         raise CharloraError(f"--name needs a character's name, got {value!r}")
@@ -124,59 +128,47 @@ def summarize(samples: Sequence[dict[str, str]], counts: Counter[str]) -> Summar
     )
 
 
-def write_json_atomic(obj, path: str | Path) -> None:
-    """Write JSON (UTF-8, indented) atomically; see write_text_atomic."""
-    write_text_atomic(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", path)
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write text to a temp file beside `path`, then rename over it.
-
-    A crash or full disk mid-write leaves the previous file intact instead of a
-    truncated one that the trainer would choke on later.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise CharloraError(f"cannot write {path}: it is a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except FileNotFoundError:
-        raise CharloraError(f"cannot write {path}: folder {parent} does not exist") from None
-    except OSError as exc:
-        raise CharloraError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CharloraError(f"cannot write {path}: {exc.strerror}") from None
-        raise
+# Kept here for callers that import them from samples (evaluate.py did).
+write_json_atomic = files.write_json_atomic
+write_text_atomic = files.write_text_atomic
 
 
 def load_samples(path: str | Path) -> list[dict[str, str]]:
     """Read a processed dataset and check its shape, naming the first bad entry."""
+    from charlora.dialogue import MAX_INPUT_BYTES, read_bytes_bounded
+    from charlora.text import has_visible_text
+
     path = Path(path)
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
+        data = json.loads(read_bytes_bounded(path, MAX_INPUT_BYTES).decode("utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
     except FileNotFoundError:
         raise CharloraError(
             f"dataset {path} not found; make it with `python prepare_dataset.py --name <character>`"
         ) from None
     except IsADirectoryError:
         raise CharloraError(f"{path} is a folder, not a dataset file (set it with --dataset_name/-d)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise CharloraError(f"{path} is not a valid JSON dataset: {exc}") from None
+    except RecursionError:
+        raise CharloraError(f"{path} is not a valid JSON dataset: nested too deeply") from None
     except OSError as exc:
         raise CharloraError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path, or an integer too long to convert
+        problem = "the file name holds a NUL character" if "\0" in str(path) else str(exc).split(";")[0]
+        raise CharloraError(f"cannot read {str(path)!r}: {problem}") from None
     if not isinstance(data, list) or not data:
         raise CharloraError(f"{path} must be a non-empty JSON list of {{\"output\", \"input\"}} objects")
     for i, item in enumerate(data):
         if not (isinstance(item, dict) and isinstance(item.get("input"), str) and isinstance(item.get("output"), str)):
             raise CharloraError(f"{path}: entry {i} is not an object with string \"input\" and \"output\"")
+        if not has_visible_text(item["output"]):
+            raise CharloraError(f"{path}: entry {i} has an empty \"output\"; there is nothing to learn from it")
+        for key in ("input", "output"):
+            try:
+                item[key].encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CharloraError(f"{path}: entry {i}'s \"{key}\" holds an unpaired surrogate "
+                                    f"(\\u{ord(item[key][exc.start]):04x}) at character {exc.start}") from None
     return data

@@ -333,15 +333,15 @@ def adapter_destination(loras_dir: Path, lora_name: str, overwrite: bool, resume
     """loras/<name>, refusing names that leave loras/, silent overwrites, and
     a fresh start over an interrupted run's checkpoints."""
     from charlora.checkpoints import CHECKPOINTS, is_adapter, newest_checkpoint
+    from charlora.guards import check_lora_name, is_abandoned_run
 
-    if not lora_name or lora_name in {".", ".."} or Path(lora_name).name != lora_name or "\\" in lora_name:
-        raise CharloraError(f"--lora_name must be a plain folder name inside {loras_dir}/, got {lora_name!r}")
+    check_lora_name(loras_dir, lora_name)  # plain, printable, short enough for every file made from it
     dest = loras_dir / lora_name
     if resume:
         if newest_checkpoint(dest / CHECKPOINTS) is None:
             raise CharloraError(f"--resume: no checkpoint in {dest / CHECKPOINTS}; start the run without --resume")
         return dest
-    if dest.exists() and not overwrite:
+    if dest.exists() and not overwrite and not is_abandoned_run(dest):
         if not is_adapter(dest) and newest_checkpoint(dest / CHECKPOINTS) is not None:
             raise CharloraError(f"an interrupted run left checkpoints in {dest / CHECKPOINTS}; add --resume to "
                                 "continue it, or --overwrite to start over")
@@ -546,16 +546,20 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if note:
         log(note)
     model_path = models.find_model(models_dir, cfg.model_name)
+    from charlora import files, guards
+
+    # held until train() returns; by the first process only (the others of a torchrun job are the same run)
+    lock = guards.lock_adapter(loras_dir, cfg.lora_name) if main_process else None  # noqa: F841
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
     ensure_writable(loras_dir)
     from charlora import checkpoints
 
     ckpt_dir = dest / checkpoints.CHECKPOINTS
-    settings = asdict(cfg)
+    settings = {**asdict(cfg), checkpoints.DATASET_DIGEST: guards.file_digest(cfg.dataset_name)}
     resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None
     if resume_from is not None:
         checkpoints.check_resumable(ckpt_dir, settings)
-    merge_dest = models_dir / f"{cfg.model_name}-{cfg.lora_name}" if cfg.merge else None
+    merge_dest = models_dir / files.safe_name(f"{model_path.name}-{cfg.lora_name}") if cfg.merge else None
     if merge_dest is not None and merge_dest.exists():
         raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")
     target_modules = resolve_target_modules(cfg.target_modules)
@@ -684,7 +688,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
                               cfg.pcw_windows, cfg.pcw_recent, cfg.early_stop) if eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=collator,
-                                   reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []))
+                                   reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []) + [guards.make_divergence_guard()])
     per_step = cfg.batch_size * cfg.grad_accum * world
     log(f"training on {len(data)} samples ({len(eval_samples)} held out), {total_steps} optimizer steps of "
         f"{per_step} samples ({cfg.batch_size} a batch x {cfg.grad_accum} accumulated x {world} process"
@@ -751,7 +755,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
         adapter.write_card(work_dir, record, logged)
         adapter.plot_losses(work_dir, logged, evals)
-        adapter.write_character(work_dir / f"{character}.yaml", card)
+        adapter.write_character(work_dir / f"{files.safe_name(character, 'character')}.yaml", card)
         replace_folder(work_dir, dest)
     except OSError as exc:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -760,8 +764,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     if cfg.export_character:
         characters_dir, _ = models.resolve_dir(cfg.characters_dir, "characters")
-        adapter.write_character(characters_dir / f"{character}.yaml", card)
-        result.exported.append(characters_dir / f"{character}.yaml")
+        adapter.write_character(characters_dir / f"{files.safe_name(character, 'character')}.yaml", card)
+        result.exported.append(characters_dir / f"{files.safe_name(character, 'character')}.yaml")
     if merge_dest is not None:
         adapter.merge_into_model(model_path, dest, merge_dest, dtype)
         result.exported.append(merge_dest)

@@ -2,6 +2,7 @@
 tests/fixtures/sources read to exact Lines, auto detection, text repair, scene
 breaks, aliases, --list_speakers, --export, and random input to every reader."""
 import json
+import unicodedata
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from charlora.readers import READERS, detect_format, mark_gaps, read_source
 from charlora.readers.chats import parse_time
 from charlora.readers.common import DELETED, MEDIA, SYSTEM, TIMESTAMPS
 from charlora.samples import build_samples, context_window, merge_aliases, parse_names
+from charlora.text import strip_controls
 from test_prepare import error_of, run  # the same CLI helpers: exit code, samples, one-line errors
 
 SOURCES = Path(__file__).parent / "fixtures" / "sources"
@@ -390,12 +392,20 @@ def _words(text):
     return text.split()
 
 
+def _no_controls(text):
+    return not any((unicodedata.category(ch) == "Cc" and ch != "\t") or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
 def _check(reading, source_text):
-    """Every line is one line of the dialogue format (only \n and \r end one),
-    and every word of it is in the input."""
+    """Every line is one line of the dialogue format (only \n and \r end one)
+    with no control characters, and every word of it is in the input (once
+    control characters are gone from it too)."""
+    source_text = strip_controls(source_text)
     for line in reading.lines:
         assert line.text and line.text == line.text.strip() and not {"\n", "\r"} & set(line.text)
+        assert _no_controls(line.text)
         assert line.speaker is None or (line.speaker and not {"\n", "\r"} & set(line.speaker))
+        assert line.speaker is None or _no_controls(line.speaker)
         for word in _words(line.text):
             assert word in source_text, (word, line)
     assert reading.times is None or len(reading.times) == len(reading.lines)
@@ -461,8 +471,10 @@ def test_random_exports_never_break_a_json_reader(data, fmt, jsonl):
         reading = READERS[fmt](text)
     except CharloraError:
         return
-    # Telegram joins a message's text parts, so a word may span two of them.
-    _check(reading, "".join(_strings(data)))
+    # Telegram joins a message's text parts, so a word may span two of them;
+    # each part is cleaned of control sequences on its own (a CSI ending one
+    # string must not swallow the next string's first character).
+    _check(reading, "".join(strip_controls(part) for part in _strings(data)))
 
 
 @pytest.mark.parametrize("fmt, text, lines", [

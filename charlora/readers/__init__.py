@@ -38,14 +38,32 @@ READERS: dict[str, Callable[[str], Reading]] = {
     "openai": read_openai,
 }
 TEXT_FORMATS = ("name-line", "fountain", "play", "markdown", "whatsapp")
+# People's own messages: personal data is scrubbed from these by default.
+CHAT_FORMATS = ("whatsapp", "telegram", "discord", "sillytavern", "openai")
 FORMATS = ("auto", *READERS)
 # A silence this long in a chat starts a new conversation (with --split_scenes).
 DEFAULT_SCENE_GAP_MINUTES = 60.0
 
 
+# Auto detection scores the text readers on this much of the file only, so
+# one pathological file costs one reader's time, not five; a format shows
+# itself within its first few hundred lines.
+SNIFF_CHARS = 64 * 1024
+
+
+def sniff_prefix(text: str, limit: int = SNIFF_CHARS) -> str:
+    """The first `limit` characters of `text`, cut at a line end when one is near."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = head.rfind("\n")
+    return head[:cut] if cut > limit // 2 else head
+
+
 def detect_format(text: str) -> str:
     """The reader for `text`: a JSON/JSONL chat export by its keys, otherwise
-    the text reader that finds the most speaker lines (name-line on a tie)."""
+    the text reader that finds the most speaker lines (name-line on a tie) in
+    the first SNIFF_CHARS characters."""
     if text.lstrip()[:1] in ("{", "["):
         found = json_format(text)
         if found:
@@ -55,7 +73,8 @@ def detect_format(text: str) -> str:
                 "this JSON is none of the chat exports auto knows; choose one with --format "
                 f"({', '.join(READERS)})"
             )
-    scores = {fmt: sum(line.speaker is not None for line in READERS[fmt](text).lines) for fmt in TEXT_FORMATS}
+    head = sniff_prefix(text)
+    scores = {fmt: sum(line.speaker is not None for line in READERS[fmt](head).lines) for fmt in TEXT_FORMATS}
     return max(TEXT_FORMATS, key=scores.__getitem__)
 
 
@@ -65,10 +84,13 @@ def fix_lines(lines: Sequence[Line]) -> tuple[list[Line], int]:
     Returns the lines and how many of them changed."""
     from ftfy import fix_encoding
 
+    def fix(text: str) -> str:
+        return text if text.isascii() else fix_encoding(text)  # mojibake is never pure ASCII
+
     out, fixed = [], 0
     for line in lines:
-        speaker = fix_encoding(line.speaker) if line.speaker is not None else None
-        text = fix_encoding(line.text)
+        speaker = fix(line.speaker) if line.speaker is not None else None
+        text = fix(line.text)
         if (speaker, text) != (line.speaker, line.text):
             fixed += 1
             line = Line(speaker, text, line.after_blank)

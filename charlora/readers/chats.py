@@ -47,6 +47,13 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _flag(value: Any) -> bool:
+    """A JSON flag as exports write it: true/false, 1/0, or "true"/"false" as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) and value is not None
+
+
 def _utc(when: datetime) -> datetime:
     """Naive UTC, so times from one file always compare."""
     return when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo else when
@@ -79,9 +86,20 @@ def parse_time(value: Any) -> datetime | None:
     return None
 
 
-def _load_json(text: str) -> Any:
+def _loads(text: str) -> Any:
+    """json.loads, with its other ValueError (an integer of over 4,300 digits,
+    which Python refuses to convert) reported as a JSONDecodeError too."""
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc).split(";")[0], text, 0) from None
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return _loads(text)
     except json.JSONDecodeError as exc:
         raise CharloraError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
@@ -93,7 +111,7 @@ def _load_jsonl(text: str) -> list[Any]:
     for number, row in enumerate(physical_lines(text), 1):
         if row.strip():
             try:
-                rows.append(json.loads(row))
+                rows.append(_loads(row))
             except json.JSONDecodeError as exc:
                 raise CharloraError(f"line {number} is not valid JSON ({exc.msg})") from None
             except RecursionError:
@@ -121,7 +139,7 @@ _WA_MEDIA = re.compile(
 _WA_DELETED = {"This message was deleted", "You deleted this message"}
 _WA_NOTICES = ("Messages and calls are end-to-end encrypted", "Missed voice call", "Missed video call",
                "Missed group voice call", "Missed group video call", "Waiting for this message")
-_WA_EDITED = re.compile(r"\s*<This message was edited>$")
+_WA_EDITED = "<This message was edited>"
 _MARKS = "\u200e\u200f\ufeff"  # direction marks iOS puts before notices and attachments
 
 
@@ -164,14 +182,16 @@ def _whatsapp_times(stamps: list[tuple[str, str, str | None]]) -> list[datetime 
 
 def read_whatsapp(text: str) -> Reading:
     chat = _Chat()
-    messages: list[list[str]] = []  # [speaker, text, kept?] per message, in order
+    # (speaker, [first line, continuation lines...]) per message, in order: a
+    # list, because appending to one growing string copies it every time.
+    messages: list[tuple[str, list[str]]] = []
     stamps: list[tuple[str, str, str | None]] = []
     current: list[str] | None = None
     for row in physical_lines(text):
         match = _WA_IOS.match(row.lstrip(_MARKS)) or _WA_ANDROID.match(row.lstrip(_MARKS))
         if not match:
             if current is not None:
-                current[1] += "\n" + row
+                current.append(row)
             continue
         chat.dropped[TIMESTAMPS] += 1
         sender = _WA_SENDER.match(match["rest"])
@@ -179,15 +199,16 @@ def read_whatsapp(text: str) -> Reading:
             chat.dropped[SYSTEM] += 1  # "Bob added Alice", the encryption notice, ...
             current = None
             continue
-        current = [sender["name"], sender["text"]]
-        messages.append(current)
+        current = [sender["text"]]
+        messages.append((sender["name"], current))
         stamps.append((match["date"], match["time"], match["ampm"]))
-    for (speaker, body), when in zip(messages, _whatsapp_times(stamps)):
+    for (speaker, parts), when in zip(messages, _whatsapp_times(stamps)):
+        body = "\n".join(parts).rstrip()
         kind = _whatsapp_kind(body)
         if kind:
             chat.dropped[kind] += 1
         else:
-            chat.say(speaker.lstrip(_MARKS), _WA_EDITED.sub("", body), when)
+            chat.say(speaker.lstrip(_MARKS), body.removesuffix(_WA_EDITED), when)
     return chat.reading()
 
 
@@ -275,7 +296,7 @@ def read_sillytavern(text: str) -> Reading:
     for row in _load_jsonl(text):
         if not isinstance(row, dict) or "mes" not in row:
             continue  # the metadata line
-        if row.get("is_system"):
+        if _flag(row.get("is_system")):
             chat.dropped[SYSTEM] += 1
             continue
         body = _str(row.get("mes"))
@@ -284,7 +305,7 @@ def read_sillytavern(text: str) -> Reading:
             if any(extra.get(key) for key in ("image", "file", "inline_image")):
                 chat.dropped[MEDIA] += 1
             continue
-        speaker = _str(row.get("name")).strip() or ("You" if row.get("is_user") else "")
+        speaker = _str(row.get("name")).strip() or ("You" if _flag(row.get("is_user")) else "")
         chat.say(speaker, body, parse_time(row.get("send_date")))
     return chat.reading()
 
@@ -299,7 +320,7 @@ _NOT_SPOKEN_ROLES = {"system", "developer", "tool", "function"}
 
 def _openai_conversations(text: str) -> list[list[Any]]:
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except json.JSONDecodeError:
         data = _load_jsonl(text)
     except RecursionError:
@@ -346,7 +367,7 @@ def read_openai(text: str) -> Reading:
 def json_format(text: str) -> str | None:
     """Which chat export a JSON or JSONL text is, or None if it is neither."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except (json.JSONDecodeError, RecursionError):
         try:
             rows = _load_jsonl(text)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from charlora.dialogue import Line
+from charlora.text import clean_speaker, strip_controls
 
 # The names of the things a reader drops and counts, as the summary prints them.
 TIMESTAMPS = "timestamps"
@@ -33,7 +34,9 @@ def physical_lines(text: str) -> list[str]:
 
 def one_line(text: str) -> str:
     """A multi-line speech or message as one line: each line stripped, joined by
-    a space (every Unicode line break counts here, so none reaches a sample)."""
+    a space (every Unicode line break counts here, so none reaches a sample).
+    Escape sequences and other control characters go (charlora.text)."""
+    text = strip_controls(text, keep="\t\n\r\x0b\x0c\x1c\x1d\x1e\x85")
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
@@ -54,7 +57,8 @@ class Blocks:
     def flush(self) -> None:
         text = one_line(" ".join(self.parts))
         if self.open and text:
-            self.lines.append(Line(self.speaker, text, self.pending_break))
+            speaker = clean_speaker(self.speaker) if self.speaker is not None else None
+            self.lines.append(Line(speaker or None, text, self.pending_break))
             self.pending_break = False
         self.speaker, self.parts, self.open = None, [], False
 
@@ -65,8 +69,11 @@ class Blocks:
         self.add(text)
 
     def add(self, text: str) -> None:
-        if text.strip():
-            self.parts.append(text.strip())
+        # controls go line by line: an ESC ending one line must not eat the
+        # first letter of the next once they are joined
+        text = strip_controls(text, keep="\t").strip()
+        if text:
+            self.parts.append(text)
 
     def narration(self, text: str) -> None:
         """One standalone narration line (a stage direction, a heading)."""
