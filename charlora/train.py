@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from charlora.errors import CharloraError
+from charlora.files import strict_json
 
 DEFAULT_EVAL_SPLIT = 0.1
 
@@ -279,7 +280,7 @@ def make_best_keeper(model: Any, tokenizer: Any, held_out: list[dict[str, str]],
         def save_to(self, folder: Path) -> None:
             """Into a checkpoint (called by the checkpoint saver before it marks the checkpoint complete)."""
             best = {"best_loss": self.best[0], "best_step": self.best[1]} if self.best else {}
-            (folder / "held_out.json").write_text(json.dumps({"history": self.history, **best}))
+            (folder / "held_out.json").write_text(strict_json({"history": self.history, **best}, indent=None))
             if self.best:
                 save_file({k: v.contiguous() for k, v in self.best[2].items()}, folder / "best_adapter.safetensors")
 
@@ -752,7 +753,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     card = adapter.character_card(character, samples)
     try:
         model.save_pretrained(work_dir)
-        (work_dir / "charlora_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        (work_dir / "charlora_config.json").write_text(strict_json(record) + "\n")
         adapter.write_card(work_dir, record, logged)
         adapter.plot_losses(work_dir, logged, evals)
         adapter.write_character(work_dir / f"{files.safe_name(character, 'character')}.yaml", card)
