@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from charlora import cli
 from charlora.errors import CharloraError
 from charlora.exports import EXPORTS, write_exports
 from charlora.readers import DEFAULT_SCENE_GAP_MINUTES, FORMATS, read_source
@@ -52,29 +53,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.name is None and not args.list_speakers:
         parser.error("the following arguments are required: -n/--name")
+    return cli.run(lambda: prepare(args))
+
+
+def prepare(args) -> int:
     split = args.split_scenes or args.scene_gap_minutes is not None
     gap = args.scene_gap_minutes if args.scene_gap_minutes is not None else DEFAULT_SCENE_GAP_MINUTES
-    try:
-        if args.scene_gap_minutes is not None and args.scene_gap_minutes <= 0:
-            raise CharloraError(f"--scene_gap_minutes must be more than 0, got {args.scene_gap_minutes:g}")
-        source = read_source(args.txtfilename, args.format, args.fix_text, gap if split else None)
-        if args.list_speakers:
-            print(source.describe())
-            counts = speaker_counts(source.lines)
-            print(f"{len(counts)} speakers:")
-            for speaker, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-                print(f"{n:7d}  {speaker}")
-            return 0
-        names = parse_names(args.name)
-        lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
-        samples = build_samples(lines, name, args.rounds, split_scenes=split)
-        if not samples:
-            raise CharloraError(missing_speaker_message(", ".join(names), speaker_counts(source.lines), args.txtfilename))
-        write_json_atomic(samples, args.jsonfilename)
-        exported = write_exports(samples, args.jsonfilename, args.export)
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.scene_gap_minutes is not None and args.scene_gap_minutes <= 0:
+        raise CharloraError(f"--scene_gap_minutes must be more than 0, got {args.scene_gap_minutes:g}")
+    source = read_source(args.txtfilename, args.format, args.fix_text, gap if split else None)
+    if args.list_speakers:
+        print(source.describe())
+        counts = speaker_counts(source.lines)
+        print(f"{len(counts)} speakers:")
+        for speaker, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            print(f"{n:7d}  {speaker}")
+        return 0
+    names = parse_names(args.name)
+    lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
+    samples = build_samples(lines, name, args.rounds, split_scenes=split)
+    if not samples:
+        raise CharloraError(missing_speaker_message(", ".join(names), speaker_counts(source.lines), args.txtfilename))
+    write_json_atomic(samples, args.jsonfilename)
+    exported = write_exports(samples, args.jsonfilename, args.export)
     print(source.describe())
     if len(names) > 1 or args.ignore_case:
         spellings = " + ".join(f"{speaker} ({n})" for speaker, n in merged.most_common())

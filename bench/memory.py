@@ -269,7 +269,7 @@ def answer_accuracy(args, answered) -> dict:
     path = Path(args.models_dir) / args.model_name
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    from charlora.chat import cut_reply
+    from charlora.reply import cut_reply
 
     started = time.time()
     right = {"memory": 0, "truncated": 0}

@@ -5,18 +5,25 @@
 - the same loss on other speakers' lines, so an adapter that merely learned
   the text's style (helping everyone equally) is told apart from one that
   learned the character;
-- greedy replies: the share that end by end-of-sequence within the budget,
-  and the share that go on to write another speaker's `Name:` line.
+- greedy replies (charlora.reply, as chat makes them): the share that end by
+  end-of-sequence within the budget, and the share that go on to write
+  another speaker's `Name:` line.
+
+`evaluate(cfg)` is evaluate.py: the loader and the reply generator are the
+ones chat uses (adapter.load_with_adapters, reply.generate_replies).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from charlora.dialogue import Line, parse_line
+from charlora.config import EvalConfig
+from charlora.dialogue import Line
+from charlora.pcw import PCW_RECENT
 from charlora.prompt import build_prompt
+from charlora.reply import Sampling, generate_replies, speaks_for_other
 from charlora.samples import context_window
 from charlora.tokens import IGNORE_INDEX, encode_sample
 
@@ -30,18 +37,6 @@ def other_speaker_samples(lines: Sequence[Line], name: str, rounds: int) -> list
     return out
 
 
-def speaks_for_other(text: str, name: str, speakers: Iterable[str]) -> bool:
-    """True if generated text contains a line by someone other than `name`:
-    a later line that parses as another speaker's, or a known speaker's
-    `Other:` inside the reply."""
-    for later in text.split("\n")[1:]:
-        line = parse_line(later)
-        if line is not None and line.speaker is not None and line.speaker != name:
-            return True
-    others = [re.escape(s) for s in speakers if s != name]
-    return bool(others) and re.search(r"(?:^|\W)(?:%s)\s*[:\uff1a]" % "|".join(others), text) is not None
-
-
 def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, batch_size: int = 8) -> float:
     """Mean cross-entropy per reply token (EOS included), summed over all
     tokens before dividing so long replies weigh by their length."""
@@ -53,7 +48,7 @@ def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cu
 
 
 def pcw_reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, windows: int,
-                   recent: int = 2, window_len: int | None = None, batch_size: int = 8) -> float:
+                   recent: int = PCW_RECENT, window_len: int | None = None, batch_size: int = 8) -> float:
     """reply_loss with each sample's older context in `windows` Parallel
     Context Windows (pcw.pcw_sample: the last `recent` lines and `Name:` are
     the task, each window at most `window_len` tokens).  windows=1 with room
@@ -89,40 +84,28 @@ class Generation:
     prompt: str
     reference: str
     reply: str
+    """What chat would say: the reply cut by charlora.reply's stop rules."""
     ended_by_eos: bool
+    """The model wrote EOS within the budget, on its own (no stop rule helped)."""
     speaks_for_other: bool
+    """The continuation goes on to a line by someone else (reply.other_speaker_at)."""
+    text: str = ""
+    """The whole continuation before EOS, stops not applied."""
 
 
 def greedy_replies(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], name: str, speakers: Iterable[str],
-                   max_new_tokens: int = 80, batch_size: int = 8) -> list[Generation]:
-    """Greedy continuations with no stop but EOS, to see what the model does
-    on its own (chat adds newline and `Name:` stops on top).
-
-    Prompts go in left-padded batches: on CPU a batch of 8 costs little more
-    per step than one prompt, since each step is bound by reading the weights.
-    """
-    import torch
-
+                   max_new_tokens: int = Sampling.max_new_tokens, batch_size: int = 8,
+                   sampling: Sampling | None = None) -> list[Generation]:
+    """charlora.reply's replies (greedy unless `sampling` says otherwise), each
+    generated on to EOS or the budget with no stop rule, to see what the
+    model does on its own; `reply` is still what chat would say."""
     speakers = list(speakers)
-    out = []
+    sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
     model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            enc = tokenizer([s["input"] for s in chunk], return_tensors="pt", padding=True).to(model.device)
-            with torch.inference_mode():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            for s, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :].tolist()):
-                eos = tokenizer.eos_token_id in row
-                if eos:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                out.append(Generation(s["input"], s["output"], text.strip(), eos, speaks_for_other(text, name, speakers)))
-    finally:
-        tokenizer.padding_side = side
-    return out
+    got = generate_replies(model, tokenizer, [s["input"] for s in samples], name, speakers, sampling, stop=False,
+                           batch_size=batch_size)
+    return [Generation(s["input"], s["output"], g.reply, g.eos, speaks_for_other(g.text, name, speakers), g.text)
+            for s, g in zip(samples, got)]
 
 
 @dataclass
@@ -151,3 +134,44 @@ class Report:
 
 HEADER = (f"{'model':<10} {'char loss':>10} {'other loss':>11} {'ends by EOS':>12} {'speaks for other':>16} "
           f"{'clean ends':>13}")
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report]:
+    """evaluate.py: a Report for the base model and, with an adapter, one for it."""
+    from charlora.adapter import load_with_adapters
+    from charlora.dialogue import read_dialogue_file
+    from charlora.errors import CharloraError
+    from charlora.samples import build_samples, missing_speaker_message, speaker_counts
+
+    lines, _ = read_dialogue_file(cfg.txtfilename)
+    counts = speaker_counts(lines)
+    samples = build_samples(lines, cfg.name, cfg.rounds)
+    if not samples:
+        raise CharloraError(missing_speaker_message(cfg.name, counts, cfg.txtfilename))
+    others = other_speaker_samples(lines, cfg.name, cfg.rounds)[: cfg.others]
+    model, tokenizer, _ = load_with_adapters(cfg, [cfg.lora_name] if cfg.lora_name else [], None, log)
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                        no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+    reports = []
+    for label in ["base", "adapter"] if cfg.lora_name else ["base"]:
+        with model.disable_adapter() if label == "base" and cfg.lora_name else contextlib.nullcontext():
+            char = reply_loss(model, tokenizer, samples, cfg.cutoff_len)
+            other = reply_loss(model, tokenizer, others, cfg.cutoff_len) if others else float("nan")
+            gens = greedy_replies(model, tokenizer, samples[: cfg.generate], cfg.name, counts, sampling=sampling)
+        reports.append(Report.of(label, char, other, gens))
+    return reports
+
+
+def print_reports(reports: Sequence[Report], examples: int) -> None:
+    """The table, the adapter's change, and `examples` replies side by side."""
+    print(HEADER)
+    for r in reports:
+        print(r.row())
+    if len(reports) == 2:
+        base, tuned = reports
+        print(f"character loss change: {100 * (tuned.character_loss / base.character_loss - 1):+.1f}%; "
+              f"other speakers: {100 * (tuned.others_loss / base.others_loss - 1):+.1f}%")
+    for i in range(min(examples, len(reports[0].examples))):
+        print(f"\n...{reports[0].examples[i].prompt[-150:]!r}\n  reference: {reports[0].examples[i].reference[:150]}")
+        for r in reports:
+            print(f"  {r.label:<9}: {r.examples[i].reply[:150]!r}{'' if r.examples[i].ended_by_eos else ' [no EOS]'}")

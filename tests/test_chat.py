@@ -9,11 +9,11 @@ import pytest
 
 import chat
 import lora_finetune
-from charlora.chat import (ChatSession, ReplyStreamer, Settings, cut_reply, fit_context, handle_command,
-                           load_history, stream_safe)
+from charlora.chat import ChatSession, Settings, handle_command, load_history
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
-from charlora.prompt import build_prompt
+from charlora.prompt import build_prompt, fit_context
+from charlora.reply import ReplyStreamer, cut_reply, stream_safe
 from conftest import save_tiny_model
 
 ASK = "Good morning, Bob. How many apples today?"
@@ -356,7 +356,7 @@ def test_bad_flags(flags, message, trained, capsys):
 def test_reply_stop_criterion(tiny_tokenizers):
     import torch
 
-    from charlora.chat import ReplyStop
+    from charlora.reply import ReplyStop
 
     tok = tiny_tokenizers["llama-like"]
     prompt = tok("Alice:Hi\nBob:")["input_ids"]

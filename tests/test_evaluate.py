@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from charlora.dialogue import parse_dialogue
-from charlora.evaluate import greedy_replies, other_speaker_samples, reply_loss, speaks_for_other
+from charlora.evaluate import greedy_replies, other_speaker_samples, reply_loss
+from charlora.reply import speaks_for_other
 from charlora.tokens import encode_sample
 
 SPEAKERS = ["Alice", "Bob", "Sir Toby Belch"]
