@@ -40,12 +40,8 @@ def make_parser():
     p.add_argument("-r", "--rounds", type=int, default=D.rounds, help="lines of conversation in each prompt (as in prepare_dataset.py)")
     p.add_argument("--say", help="say this one line, print the reply and exit")
     p.add_argument("--json", action="store_true", help='print each reply as {"user", "reply", "ended_by"} JSON')
-    p.add_argument("--max_new_tokens", type=int, default=D.max_new_tokens, help="longest reply in tokens")
-    p.add_argument("--temperature", type=float, default=D.temperature, help="sampling temperature (0: greedy)")
-    p.add_argument("--top_p", type=float, default=D.top_p, help="nucleus sampling: keep the likeliest tokens up to this probability")
-    p.add_argument("--repetition_penalty", type=float, default=D.repetition_penalty, help="above 1 discourages repeating the prompt's tokens")
-    p.add_argument("--no_repeat_ngram_size", type=int, default=D.no_repeat_ngram_size, help="never repeat an n-gram of this many tokens (0: off)")
-    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
+    cli.add_sampling_flags(p, D.sampling, ["max_new_tokens", "temperature", "top_p", "repetition_penalty",
+                                           "no_repeat_ngram_size", "greedy"])
     p.add_argument("--pcw", type=int, default=D.pcw, help="read recalled memories and older history in N parallel context windows "
                    "beside the recent lines (more context than the model's window; 0: off)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")

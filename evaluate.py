@@ -26,11 +26,7 @@ def make_parser():
     p.add_argument("-r", "--rounds", type=int, default=D.rounds, help="context lines per sample (as in prepare_dataset.py)")
     p.add_argument("-c", "--cutoff_len", type=int, default=D.cutoff_len, help="longest sample in tokens (as in training)")
     p.add_argument("--generate", type=int, default=D.generate, help="greedy replies to generate (the first N samples)")
-    p.add_argument("--max_new_tokens", type=int, default=D.max_new_tokens, help="budget of each greedy reply")
-    p.add_argument("--repetition_penalty", type=float, default=D.repetition_penalty,
-                   help="as chat.py's, to measure what chat says with it (1: off)")
-    p.add_argument("--no_repeat_ngram_size", type=int, default=D.no_repeat_ngram_size,
-                   help="never repeat an n-gram of this many tokens (0: off)")
+    cli.add_sampling_flags(p, D.sampling, ["max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"])
     p.add_argument("--others", type=int, default=D.others, help="other speakers' lines to score (0: skip)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
     p.add_argument("--examples", type=int, default=D.examples, help="example replies to print side by side")

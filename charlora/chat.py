@@ -9,7 +9,7 @@ speaks for the user and says what evaluate.py measured.
 For a server (or any other front end), the public API is:
 
     from charlora.chat import ChatSession
-    from charlora.config import ChatConfig, check_config
+    from charlora.config import ChatConfig, chat_settings, check_config
     session = ChatSession.open(check_config(ChatConfig(model_name=..., lora_name=[...], name="Bob", user="Alice")),
                                log=print)
     reply = session.say("Good morning")       # -> Reply(user, reply, ended_by); history and memory updated
@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from charlora.config import ChatConfig, check_config
+from charlora.config import ChatConfig, chat_settings, check_config
 from charlora.dialogue import Line
 from charlora.errors import CharloraError, quiet_libraries
 from charlora.models import max_positions
 from charlora.prompt import build_prompt, fit_context
 from charlora.readers.common import one_line
-from charlora.reply import Sampling, generate_pcw_reply, generate_reply, stop_speakers
+from charlora.reply import generate_pcw_reply, generate_reply, stop_speakers
 from charlora.samples import write_json_atomic
 
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
@@ -89,30 +89,9 @@ def load_history(path: str | Path) -> list[Line]:
 # ------------------------------------------------------------- the session
 
 
-@dataclass
-class Settings:
-    """What a session needs of ChatConfig (defaults: ChatConfig's)."""
-
-    name: str
-    user: str
-    rounds: int = _C.rounds
-    max_new_tokens: int = _C.max_new_tokens
-    temperature: float = _C.temperature
-    top_p: float = _C.top_p
-    repetition_penalty: float = _C.repetition_penalty
-    greedy: bool = _C.greedy
-    pcw: int = _C.pcw
-    """Parallel context windows for the lines before the prompt's (0: off)."""
-    no_repeat_ngram_size: int = _C.no_repeat_ngram_size
-
-    @classmethod
-    def of(cls, cfg: ChatConfig) -> "Settings":
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
-
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.max_new_tokens, self.greedy, self.temperature, self.top_p, self.repetition_penalty,
-                        self.no_repeat_ngram_size)
+# A session's settings are a ChatConfig; built by hand (tests, benches) with
+# Settings("Bob", "Alice", rounds=2, greedy=True).
+Settings = chat_settings
 
 
 @dataclass
@@ -130,15 +109,15 @@ class ChatSession:
     (charlora.memory.ChatMemory) every line is saved as it is said and the
     prompt carries the remembered context above the recent lines."""
 
-    def __init__(self, model: Any, tokenizer: Any, settings: Settings, memory: Any = None):
+    def __init__(self, model: Any, tokenizer: Any, settings: ChatConfig, memory: Any = None):
         self.model, self.tokenizer, self.s, self.memory = model, tokenizer, settings, memory
         self.history: list[Line] = []
         self.description = ""
         limit = max_positions(model, tokenizer)
-        self.budget = None if limit is None else limit - settings.max_new_tokens
+        self.budget = None if limit is None else limit - settings.sampling.max_new_tokens
         floor = self.count_tokens(build_prompt([], settings.name))
         if self.budget is not None and self.budget < floor + 1:
-            raise CharloraError(f"--max_new_tokens {settings.max_new_tokens} leaves no room for a prompt: "
+            raise CharloraError(f"--max_new_tokens {settings.sampling.max_new_tokens} leaves no room for a prompt: "
                                 f"this model reads at most {limit} tokens")
 
     @classmethod
@@ -154,7 +133,7 @@ class ChatSession:
                 from transformers import set_seed
 
                 set_seed(cfg.seed)
-            session = cls(model, tokenizer, Settings.of(cfg))
+            session = cls(model, tokenizer, cfg)
             session.description = what
             if store is not None:
                 session.memory = open_memory(store, cfg, session, log)
@@ -228,7 +207,7 @@ class ChatSession:
             raise CharloraError("nothing to say: the line is empty")
         line = Line(self.s.user, text)
         if self.budget is not None and self.count_tokens(build_prompt([line], self.s.name)) > self.budget:
-            raise CharloraError(f"that line is too long for this model: with --max_new_tokens {self.s.max_new_tokens} "
+            raise CharloraError(f"that line is too long for this model: with --max_new_tokens {self.s.sampling.max_new_tokens} "
                                 f"a prompt may have at most {self.budget} tokens")
         self.history.append(line)
         if self.memory is not None:

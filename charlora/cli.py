@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from charlora.config import LoadConfig
 from charlora.errors import CharloraError
+from charlora.reply import Sampling
 
 USER_ERROR = 2
 INTERRUPTED = 130
@@ -43,6 +44,26 @@ def add_loading_flags(p: argparse.ArgumentParser, defaults: LoadConfig = LoadCon
                    help="models folder (default: models/, or user_data/models/ of a text-generation-webui install)")
     g.add_argument("--loras_dir", default=defaults.loras_dir,
                    help="adapters folder (default: loras/, or user_data/loras/ of a text-generation-webui install)")
+
+
+SAMPLING_HELP = {
+    "max_new_tokens": (int, "longest reply in tokens"),
+    "temperature": (float, "sampling temperature (0: greedy)"),
+    "top_p": (float, "nucleus sampling: keep the likeliest tokens up to this probability"),
+    "repetition_penalty": (float, "above 1 discourages repeating the prompt's tokens"),
+    "no_repeat_ngram_size": (int, "never repeat an n-gram of this many tokens (0: off)"),
+}
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, defaults: Sampling, names: Sequence[str]) -> None:
+    """The reply.Sampling flags in `names` (and --greedy), defaults from `defaults`."""
+    g = p.add_argument_group("replies")
+    for name in names:
+        if name == "greedy":
+            g.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
+        else:
+            kind, text = SAMPLING_HELP[name]
+            g.add_argument(f"--{name}", type=kind, default=getattr(defaults, name), help=text)
 
 
 def run(call: Callable[[], int], interrupted: str = "\ninterrupted",

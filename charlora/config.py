@@ -16,11 +16,16 @@ from charlora.dialogue import parse_line
 from charlora.errors import CharloraError
 from charlora.memory.compose import MemorySettings
 from charlora.readers.common import one_line
+from charlora.reply import Sampling
 
 ROUNDS = 5
 """Lines of context before each reply: prepare_dataset.py's samples, and so the
 prompts chat and evaluation must build to match them."""
 
+# Chat samples: 120 tokens, temperature 0.7, top-p 0.9 and a repetition
+# penalty of 1.1 (the original tool's chat defaults; the penalty applies to
+# --greedy too).  Evaluation measures greedy replies (Sampling's defaults).
+CHAT_SAMPLING = Sampling(max_new_tokens=120, greedy=False, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
 _M = MemorySettings
 
 
@@ -62,18 +67,9 @@ class ChatConfig(LoadConfig):
     """Say this one line, print the reply and exit."""
     json: bool = False
     """Print each reply as {"user", "reply", "ended_by"} JSON."""
-    max_new_tokens: int = 120
-    """Longest reply in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature (0: greedy)."""
-    top_p: float = 0.9
-    """Nucleus sampling: keep the likeliest tokens up to this probability."""
-    repetition_penalty: float = 1.1
-    """Above 1 discourages repeating the prompt's tokens (applies to --greedy too)."""
-    no_repeat_ngram_size: int = 0
-    """Never repeat an n-gram of this many tokens (0: off)."""
-    greedy: bool = False
-    """Always take the likeliest token (deterministic)."""
+    sampling: Sampling = CHAT_SAMPLING
+    """How chat picks tokens (--max_new_tokens, --greedy, --temperature, --top_p, --repetition_penalty,
+    --no_repeat_ngram_size)."""
     pcw: int = 0
     """Parallel context windows for recalled memories and older history (0: off)."""
     seed: int | None = None
@@ -125,12 +121,9 @@ class EvalConfig(LoadConfig):
     """Longest sample in tokens, as in training."""
     generate: int = 40
     """Greedy replies to generate (from the first samples)."""
-    max_new_tokens: int = 80
-    """Budget of each greedy reply."""
-    repetition_penalty: float = 1.0
-    """As chat's flag, to measure what chat says with it (1: off; above 1 decodes one prompt at a time)."""
-    no_repeat_ngram_size: int = 0
-    """As chat's flag (0: off)."""
+    sampling: Sampling = Sampling()
+    """How the replies are generated: greedy, reply.Sampling's defaults (--max_new_tokens,
+    --repetition_penalty, --no_repeat_ngram_size as chat's, to measure what chat says with them)."""
     others: int = 200
     """Other speakers' lines to score (0: skip)."""
     json_out: str | None = None
@@ -143,8 +136,19 @@ C = TypeVar("C")
 
 
 def from_args(cls: type[C], args: Any) -> C:
-    """The config from parsed flags of the same names."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+    """The config from parsed flags of the same names (the sampling flags go into .sampling)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "sampling" and hasattr(args, f.name)}
+    sampling = cls().sampling
+    flags = {f.name: getattr(args, f.name) for f in fields(Sampling) if hasattr(args, f.name)}
+    return cls(**values, sampling=replace(sampling, **flags))
+
+
+def chat_settings(name: str, user: str, **flat: Any) -> ChatConfig:
+    """A ChatConfig for a session built by hand (tests, benches), sampling fields given flat:
+    chat_settings("Bob", "Alice", rounds=2, greedy=True)."""
+    sampling = {k: flat.pop(k) for k in [f.name for f in fields(Sampling)] if k in flat}
+    cfg = ChatConfig(name=name, user=user, **flat)
+    return replace(cfg, sampling=replace(cfg.sampling, **sampling))
 
 
 def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
@@ -180,11 +184,16 @@ def check_speaker_name(flag: str, value: str) -> str:
     return name
 
 
+def check_sampling(sampling: Sampling) -> None:
+    require_finite("--max_new_tokens", sampling.max_new_tokens, 1)
+    require_finite("--temperature", sampling.temperature, 0)
+    require_finite("--top_p", sampling.top_p, 0, 1, lo_open=True)
+    require_finite("--repetition_penalty", sampling.repetition_penalty, 0, lo_open=True)
+    require_finite("--no_repeat_ngram_size", sampling.no_repeat_ngram_size, 0)
+
+
 def _check_chat(cfg: ChatConfig) -> ChatConfig:
     require_finite("--pcw", cfg.pcw, 0)
-    require_finite("--temperature", cfg.temperature, 0)
-    require_finite("--top_p", cfg.top_p, 0, 1, lo_open=True)
-    require_finite("--repetition_penalty", cfg.repetition_penalty, 0, lo_open=True)
     for scale in cfg.lora_scale or []:
         require_finite("--lora_scale", scale)
     for flag in ("short_term_tokens", "summary_tokens", "facts_tokens", "recall_tokens", "recall_k"):
@@ -204,7 +213,6 @@ def _check_eval(cfg: EvalConfig) -> EvalConfig:
     require_finite("--cutoff_len", cfg.cutoff_len, 8)  # as training refuses it
     for flag in ("generate", "others", "examples"):
         require_finite(f"--{flag}", getattr(cfg, flag), 0)
-    require_finite("--repetition_penalty", cfg.repetition_penalty, 0, lo_open=True)
     return cfg
 
 
@@ -212,8 +220,7 @@ def check_config(cfg: C) -> C:
     """The config with its names normalized, or a CharloraError naming the
     first bad flag.  Pure: no files, no model."""
     require_finite("--rounds", cfg.rounds, 0)
-    require_finite("--max_new_tokens", cfg.max_new_tokens, 1)
-    require_finite("--no_repeat_ngram_size", cfg.no_repeat_ngram_size, 0)
+    check_sampling(cfg.sampling)
     if isinstance(cfg, ChatConfig):
         return _check_chat(cfg)
     if isinstance(cfg, EvalConfig):

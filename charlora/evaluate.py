@@ -150,14 +150,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
         raise CharloraError(missing_speaker_message(cfg.name, counts, cfg.txtfilename))
     others = other_speaker_samples(lines, cfg.name, cfg.rounds)[: cfg.others]
     model, tokenizer, _ = load_with_adapters(cfg, [cfg.lora_name] if cfg.lora_name else [], None, log)
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                        no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     reports = []
     for label in ["base", "adapter"] if cfg.lora_name else ["base"]:
         with model.disable_adapter() if label == "base" and cfg.lora_name else contextlib.nullcontext():
             char = reply_loss(model, tokenizer, samples, cfg.cutoff_len)
             other = reply_loss(model, tokenizer, others, cfg.cutoff_len) if others else float("nan")
-            gens = greedy_replies(model, tokenizer, samples[: cfg.generate], cfg.name, counts, sampling=sampling)
+            gens = greedy_replies(model, tokenizer, samples[: cfg.generate], cfg.name, counts, sampling=cfg.sampling)
         reports.append(Report.of(label, char, other, gens))
     return reports
 
