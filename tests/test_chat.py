@@ -372,3 +372,21 @@ def test_eof_ctrl_c_and_interrupted_reply_end_cleanly(trained, tmp_path, monkeyp
     assert json.loads(saved.read_text()) == []
     assert stdout.getvalue() == "Alice: Bob: \n" + "Alice: " * 2
     assert "(reply interrupted; Ctrl-C again at the prompt or Ctrl-D to leave)" in stderr.getvalue().splitlines()
+
+
+def test_fit_context_window_is_the_training_samples_window():
+    from charlora.samples import context_window
+
+    for rounds in range(0, len(HISTORY) + 2):
+        assert fit_context(HISTORY, "Bob", rounds, len, None) == list(context_window(HISTORY, len(HISTORY), rounds))
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("Alice:Hi\n(Enter Carol)\nCarol:Yo\nAlice:Eh?\nBob:", ("Bob", ["Alice", "Carol"])),
+    ("Sir Toby Belch:", ("Sir Toby Belch", [])),
+    (build_prompt(HISTORY, "Bob"), ("Bob", ["Alice", "Bob", "Carol"])),
+])
+def test_prompt_speakers(prompt, expected):
+    from charlora.prompt import prompt_speakers
+
+    assert prompt_speakers(prompt) == expected
