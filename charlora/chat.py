@@ -9,7 +9,7 @@ speaks for the user and says what evaluate.py measured.
 For a server (or any other front end), the public API is:
 
     from charlora.chat import ChatSession
-    from charlora.config import ChatConfig, chat_settings, check_config
+    from charlora.config import ChatConfig, check_config
     session = ChatSession.open(check_config(ChatConfig(model_name=..., lora_name=[...], name="Bob", user="Alice")),
                                log=print)
     reply = session.say("Good morning")       # -> Reply(user, reply, ended_by); history and memory updated
@@ -40,7 +40,6 @@ from charlora.samples import write_json_atomic
 
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
 MEMORY_COMMANDS = "/memory, /forget ITEM, /remember TEXT"
-_C = ChatConfig
 
 
 # -------------------------------------------------------------- pure history
@@ -83,7 +82,6 @@ def load_history(path: str | Path) -> list[Line]:
     except json.JSONDecodeError as exc:
         raise CharloraError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return history_from_json(data, str(path))
-
 
 
 # ------------------------------------------------------------- the session

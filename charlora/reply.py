@@ -4,9 +4,12 @@ A reply is what the model writes after `Name:`.  It ends at end-of-sequence
 (training teaches an EOS after every reply), at the first newline, or just
 before another speaker's `Other:` (inline too), so the character never speaks
 for anyone else.  Every caller goes through `generate_replies` /
-`generate_reply` (or `generate_pcw_reply` for Parallel Context Windows), so a
-reply scored by evaluate.py is byte-for-byte what chat.py --greedy says and
-what training prints at its end.
+`generate_reply` (or `generate_pcw_reply` for Parallel Context Windows), so
+for the same prompt and settings a reply scored by evaluate.py is
+byte-for-byte what chat.py --greedy says and what training prints at its end
+(tested).  The settings differ by default: chat applies a repetition
+penalty of 1.1 even with --greedy; evaluate.py --repetition_penalty 1.1
+measures that.
 
 Pure pieces (testable without a model):
   other_speaker_at   where another speaker's turn starts: THE rule for "speaks for another speaker"
@@ -343,8 +346,8 @@ def generate_pcw_reply(model: Any, tokenizer: Any, prefix: Sequence[int], window
     return result
 
 
-def sample_reply(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = Sampling.max_new_tokens,
-                 ) -> tuple[str, bool]:
+def sample_reply(model: Any, tokenizer: Any, prompt: str,
+                 max_new_tokens: int = Sampling.max_new_tokens) -> tuple[str, bool]:
     """The replies printed after training: generate_reply with the measuring
     (greedy) settings, the character and the speakers read from the prompt.
     Returns (reply, ended by EOS)."""

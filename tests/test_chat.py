@@ -16,7 +16,6 @@ from charlora.reply import ReplyStreamer, cut_reply, stream_safe
 from conftest import chat_history, chat_session
 
 ASK = "Good morning, Bob. How many apples today?"
-TRAINED = {f"I have {n} apples for you, Alice." for n in ("one", "two", "three", "four")}
 
 # ------------------------------------------------------------- stop rules
 

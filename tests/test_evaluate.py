@@ -1,5 +1,4 @@
 """evaluate.py's metrics, exact where they can be."""
-import math
 
 import pytest
 import torch
