@@ -27,6 +27,8 @@ def make_parser():
     p.add_argument("-c", "--cutoff_len", type=int, default=D.cutoff_len, help="longest sample in tokens (as in training)")
     p.add_argument("--generate", type=int, default=D.generate, help="greedy replies to generate (the first N samples)")
     cli.add_sampling_flags(p, D.sampling, ["max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"])
+    p.add_argument("--batch_size", type=int, default=D.batch_size,
+                   help="replies generated together; 1: exactly chat's replies also in bf16 (batches shift bf16 rounding)")
     p.add_argument("--others", type=int, default=D.others, help="other speakers' lines to score (0: skip)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON to this file")
     p.add_argument("--examples", type=int, default=D.examples, help="example replies to print side by side")

@@ -155,7 +155,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
         with model.disable_adapter() if label == "base" and cfg.lora_name else contextlib.nullcontext():
             char = reply_loss(model, tokenizer, samples, cfg.cutoff_len)
             other = reply_loss(model, tokenizer, others, cfg.cutoff_len) if others else float("nan")
-            gens = greedy_replies(model, tokenizer, samples[: cfg.generate], cfg.name, counts, sampling=cfg.sampling)
+            gens = greedy_replies(model, tokenizer, samples[: cfg.generate], cfg.name, counts,
+                                  batch_size=cfg.batch_size, sampling=cfg.sampling)
         reports.append(Report.of(label, char, other, gens))
     return reports
 

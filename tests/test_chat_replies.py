@@ -139,6 +139,7 @@ def test_check_config_refuses_bad_chat_flags(changes, message):
 @pytest.mark.parametrize("changes, message", [
     ({"cutoff_len": 1}, "--cutoff_len must be at least 8, got 1"),
     ({"generate": -1}, "--generate must be 0 or more, got -1"),
+    ({"batch_size": 0}, "--batch_size must be at least 1, got 0"),
     ({"sampling": Sampling(max_new_tokens=0)}, "--max_new_tokens must be at least 1, got 0"),
     ({"sampling": Sampling(repetition_penalty=math.nan)}, "--repetition_penalty must be positive, got nan"),
 ])
