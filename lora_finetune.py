@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sys
 
-from charlora.errors import CharloraError
+from charlora import cli
 from charlora.train import TrainConfig
 
 D = TrainConfig()
@@ -84,18 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     from charlora.checkpoints import Interrupted
     from charlora.train import train
 
-    try:
-        result = train(cfg)
-    except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; no adapter was written (an existing one is untouched); checkpoints saved so far "
-              "stay for --resume", file=sys.stderr)
-        return 130
+    return cli.run(lambda: report(train(cfg)), errors={Interrupted: ("interrupted", 130)},
+                   interrupted="\ninterrupted; no adapter was written (an existing one is untouched); checkpoints "
+                               "saved so far stay for --resume")
+
+
+def report(result) -> int:
     if not result.main_process:
         return 0
     loss = f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss logged"

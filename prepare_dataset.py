@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 
 from charlora import scrub
+from charlora import cli
 from charlora.errors import CharloraError
 from charlora.exports import EXPORTS, export_paths, write_exports
 from charlora.files import check_outputs
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.name is None and not args.list_speakers:
         parser.error("the following arguments are required: -n/--name")
+    return cli.run(lambda: prepare(args))
+
+
+def prepare(args) -> int:
     split = args.split_scenes or args.scene_gap_minutes is not None
     gap = args.scene_gap_minutes if args.scene_gap_minutes is not None else DEFAULT_SCENE_GAP_MINUTES
     try:

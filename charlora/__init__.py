@@ -7,11 +7,13 @@ The data's journey, one module per stage:
   samples.py   records -> context-window samples ({"output", "input"})
   exports.py   the same samples in other trainers' shapes (OpenAI messages, ShareGPT)
   tokens.py    samples -> input_ids / labels / attention_mask
-  models.py    find and load a base model (dtype, quantization, LoRA targets)
+  models.py    find and load a base model (dtype, quantization, load_for_inference)
   train.py     the training run that writes loras/<name>
   adapter.py   the card, loss curve, webui character file and merge beside it
   evaluate.py  held-out metrics: reply loss, clean endings, speaking for others
-  generate.py  a greedy reply that stops where the character's line ends
-  chat.py      the conversation: history, stop rules, streaming, commands
+  reply.py     the one reply generator: stop rules, speaker rule, EOS cut, streaming, sampling
+  chat.py      the conversation (ChatSession) and the terminal loop
+  config.py    ChatConfig / EvalConfig and check_config: every default and range check
+  cli.py       the scripts' shared loading flags and error/exit handling
   pcw.py       Parallel Context Windows: more context than the window (layout, mask, decoding)
 """

@@ -6,16 +6,25 @@
 - <Name>.yaml: a text-generation-webui character file, so chat there starts in
   character;
 - merge: the adapter folded into a full model folder, for tools that can't
-  load adapters.
+  load adapters;
+- loading: find adapters, refuse one made for another base model before PEFT
+  reads it, and put one or several (scaled) on a model: load_with_adapters,
+  the loader of chat, evaluation and any server.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import yaml
+
+from charlora.errors import CharloraError
+
+if TYPE_CHECKING:
+    from charlora.config import LoadConfig
 
 
 def character_name(samples: Sequence[dict[str, str]]) -> str:
@@ -135,5 +144,168 @@ def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> No
     tmp.rename(out)
 
 
-def read_record(adapter_dir: Path) -> dict[str, Any]:
-    return json.loads((adapter_dir / "charlora_config.json").read_text(encoding="utf-8"))
+# ------------------------------------------------------------- loading
+
+
+def find_adapter(loras_dir: Path, name: str) -> Path:
+    """loras/<name>, or `name` as a path, holding adapter_config.json."""
+    for candidate in (loras_dir / name, Path(name)):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    there = sorted(p.name for p in loras_dir.iterdir() if (p / "adapter_config.json").is_file()) if loras_dir.is_dir() else []
+    listing = f"adapters in {loras_dir}/: {', '.join(there)}" if there else f"no adapters in {loras_dir}/"
+    return _raise(f"adapter {loras_dir / name} not found (no adapter_config.json); {listing}")
+
+
+def _raise(message: str):
+    raise CharloraError(message)
+
+
+def adapter_base_name(adapter: Path) -> str | None:
+    try:
+        cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CharloraError(f"{adapter}/adapter_config.json is not readable JSON") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
+    return Path(str(base).rstrip("/\\")).name if base else None
+
+
+def _adapter_shapes(adapter: Path) -> dict[str, list[int]] | None:
+    """{tensor name: shape} from adapter_model.safetensors (header only), or None."""
+    path = adapter / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # a corrupt file: let the user know which one
+        raise CharloraError(f"{path} is not a readable safetensors file: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+
+
+def _layer_dims(module: Any) -> tuple[int, int] | None:
+    """(in, out) features of a layer LoRA can wrap (Linear, GPT-2's Conv1D)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None:
+        return int(weight.shape[0]), int(weight.shape[1])
+    return None
+
+
+def check_adapter_fits(adapter: Path, model: Any, model_name: str) -> None:
+    """Refuse an adapter made for another base model, before PEFT fails on it.
+
+    Compares every lora_A / lora_B tensor with the layer it wraps (`model` may
+    live on the meta device); the usual cause is another model size, reported
+    as its hidden size.
+    """
+    shapes = _adapter_shapes(adapter)
+    if shapes is None:
+        return
+    base = adapter_base_name(adapter)
+    trained = f" (it was trained on {base})" if base and base != model_name else ""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "hidden_size", None)
+    modules = dict(model.named_modules())
+    problems: list[tuple[str, int, int, int]] = []  # (layer, want, got, which dim: 0 in / 1 out)
+    for key, shape in shapes.items():
+        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if m is None or len(shape) != 2:
+            continue
+        layer, ab = m.groups()
+        module = modules.get(layer)
+        if module is None:
+            raise CharloraError(f"adapter {adapter} does not fit model {model_name}: it has no layer {layer}{trained}")
+        dims = _layer_dims(module)
+        if dims is None:
+            continue
+        if ab == "A" and shape[1] != dims[0]:
+            problems.append((layer, dims[0], shape[1], 0))
+        elif ab == "B" and shape[0] != dims[1]:
+            problems.append((layer, dims[1], shape[0], 1))
+    if not problems:
+        return
+    for layer, want, got, which in problems:
+        if which == 0 and hidden is not None and want == hidden:
+            raise CharloraError(f"adapter {adapter} was trained for a model with hidden size {got}, "
+                                f"this one ({model_name}) has {want}{trained}")
+    layer, want, got, which = problems[0]
+    side = "inputs" if which == 0 else "outputs"
+    raise CharloraError(f"adapter {adapter} does not fit model {model_name}: layer {layer} has {want} {side}, "
+                        f"the adapter expects {got}{trained}")
+
+
+def attach_adapters(model: Any, adapters: Sequence[Path], scales: Sequence[float]):
+    """PeftModel with every adapter active at once, each scaled by its factor."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    names = [f"a{i}" for i in range(len(adapters))]
+    try:
+        for i, (adapter, label) in enumerate(zip(adapters, names)):
+            if i == 0:
+                model = PeftModel.from_pretrained(model, adapter, adapter_name=label)
+            else:
+                model.load_adapter(adapter, adapter_name=label)
+    except RuntimeError as exc:  # PEFT's "size mismatch for ..." if the pre-check missed it
+        raise CharloraError(f"adapter {adapter} does not fit this model: {str(exc).splitlines()[-1].strip()}") from None
+    except ValueError as exc:
+        raise CharloraError(f"cannot load adapter {adapter}: {str(exc).splitlines()[0]}") from None
+    if len(names) > 1:
+        # PeftModel.set_adapter takes one name; the LoRA tuner underneath takes a
+        # list and sums the active adapters' updates.
+        model.base_model.set_adapter(names, inference_mode=True)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for label, scale in zip(names, scales):
+                module.set_scale(label, scale)  # scale x lora_alpha / r
+    model.eval()
+    return model
+
+
+def adapter_scales(adapters: Sequence[Path], scales: Sequence[float] | None) -> list[float]:
+    """One factor per adapter from --lora_scale: none (1 each), one for all, or one each."""
+    scales = list(scales or [1.0])
+    if len(scales) == 1:
+        return scales * len(adapters)
+    if len(scales) != len(adapters):
+        raise CharloraError(f"--lora_scale takes one factor for all adapters or one per adapter "
+                            f"({len(adapters)}), got {len(scales)}")
+    return scales
+
+
+def load_with_adapters(cfg: "LoadConfig", lora_names: Sequence[str], lora_scales: Sequence[float] | None,
+                       log: Callable[[str], None]) -> tuple[Any, Any, str]:
+    """(model, tokenizer, description): models.load_for_inference with the
+    adapters on top, every check of the user's input before weights are read."""
+    from charlora import models
+
+    models_dir, note = models.resolve_dir(cfg.models_dir, "models")
+    if note:
+        log(note)
+    model_path = models.find_model(models_dir, cfg.model_name)
+    adapters: list[Path] = []
+    if lora_names:
+        loras_dir, note = models.resolve_dir(cfg.loras_dir, "loras")
+        if note:
+            log(note)
+        adapters = [find_adapter(loras_dir, name) for name in lora_names]
+    scales = adapter_scales(adapters, lora_scales)
+    if adapters:
+        shapes = models.meta_model(model_path, cfg.trust_remote_code)
+        for adapter in adapters:
+            check_adapter_fits(adapter, shapes, model_path.name)
+        del shapes
+    loaded = models.load_for_inference(model_path, cfg.quantization, cfg.dtype, cfg.trust_remote_code,
+                                       cfg.allow_pickle, log)
+    model = loaded.model
+    if adapters:
+        model = attach_adapters(model, adapters, scales)
+        for adapter in adapters:
+            base = adapter_base_name(adapter)
+            if base and base != model_path.name:
+                log(f"note: adapter {adapter} was trained on {base}; using it on {model_path.name} (same layer shapes)")
+    what = model_path.name + "".join(f" + {a.name}" + (f" x{s:g}" if s != 1 else "") for a, s in zip(adapters, scales))
+    return model, loaded.tokenizer, f"{what} {loaded.describe()}"

@@ -5,18 +5,25 @@
 - the same loss on other speakers' lines, so an adapter that merely learned
   the text's style (helping everyone equally) is told apart from one that
   learned the character;
-- greedy replies: the share that end by end-of-sequence within the budget,
-  and the share that go on to write another speaker's `Name:` line.
+- greedy replies (charlora.reply, as chat makes them): the share that end by
+  end-of-sequence within the budget, and the share that go on to write
+  another speaker's `Name:` line.
+
+`evaluate(cfg)` is evaluate.py: the loader and the reply generator are the
+ones chat uses (adapter.load_with_adapters, reply.generate_replies).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
-from charlora.dialogue import Line, parse_line
+from charlora.config import EvalConfig
+from charlora.dialogue import Line
+from charlora.pcw import PCW_RECENT
 from charlora.prompt import build_prompt
+from charlora.reply import Sampling, generate_replies, speaks_for_other
 from charlora.samples import context_window
 from charlora.tokens import IGNORE_INDEX, encode_sample
 
@@ -30,18 +37,6 @@ def other_speaker_samples(lines: Sequence[Line], name: str, rounds: int) -> list
     return out
 
 
-def speaks_for_other(text: str, name: str, speakers: Iterable[str]) -> bool:
-    """True if generated text contains a line by someone other than `name`:
-    a later line that parses as another speaker's, or a known speaker's
-    `Other:` inside the reply."""
-    for later in text.split("\n")[1:]:
-        line = parse_line(later)
-        if line is not None and line.speaker is not None and line.speaker != name:
-            return True
-    others = [re.escape(s) for s in speakers if s != name]
-    return bool(others) and re.search(r"(?:^|\W)(?:%s)\s*[:\uff1a]" % "|".join(others), text) is not None
-
-
 def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, batch_size: int = 8) -> float:
     """Mean cross-entropy per reply token (EOS included), summed over all
     tokens before dividing so long replies weigh by their length."""
@@ -53,7 +48,7 @@ def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cu
 
 
 def pcw_reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, windows: int,
-                   recent: int = 2, window_len: int | None = None, batch_size: int = 8) -> float:
+                   recent: int = PCW_RECENT, window_len: int | None = None, batch_size: int = 8) -> float:
     """reply_loss with each sample's older context in `windows` Parallel
     Context Windows (pcw.pcw_sample: the last `recent` lines and `Name:` are
     the task, each window at most `window_len` tokens).  windows=1 with room
@@ -117,45 +112,28 @@ class Generation:
     prompt: str
     reference: str
     reply: str
+    """What chat would say: the reply cut by charlora.reply's stop rules."""
     ended_by_eos: bool
+    """The model wrote EOS within the budget, on its own (no stop rule helped)."""
     speaks_for_other: bool
+    """The continuation goes on to a line by someone else (reply.other_speaker_at)."""
+    text: str = ""
+    """The whole continuation before EOS, stops not applied."""
 
 
 def greedy_replies(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], name: str, speakers: Iterable[str],
-                   max_new_tokens: int = 80, batch_size: int = 8, ngram_block: int = 0) -> list[Generation]:
-    """Greedy continuations with no stop but EOS, to see what the model does
-    on its own (chat adds newline and `Name:` stops on top).
-
-    Prompts go in left-padded batches: on CPU a batch of 8 costs little more
-    per step than one prompt, since each step is bound by reading the weights.
-    """
-    import torch
-
+                   max_new_tokens: int = Sampling.max_new_tokens, batch_size: int = 8,
+                   sampling: Sampling | None = None) -> list[Generation]:
+    """charlora.reply's replies (greedy unless `sampling` says otherwise), each
+    generated on to EOS or the budget with no stop rule, to see what the
+    model does on its own; `reply` is still what chat would say."""
     speakers = list(speakers)
-    out = []
+    sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
     model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            enc = tokenizer([s["input"] for s in chunk], return_tensors="pt", padding=True).to(model.device)
-            from transformers import LogitsProcessorList
-
-            from charlora.decoding import make_reply_ngram_block
-
-            block = LogitsProcessorList([make_reply_ngram_block(ngram_block, enc["input_ids"].shape[1])] if ngram_block else [])
-            with torch.inference_mode():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=block,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            for s, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :].tolist()):
-                eos = tokenizer.eos_token_id in row
-                if eos:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                out.append(Generation(s["input"], s["output"], text.strip(), eos, speaks_for_other(text, name, speakers)))
-    finally:
-        tokenizer.padding_side = side
-    return out
+    got = generate_replies(model, tokenizer, [s["input"] for s in samples], name, speakers, sampling, stop=False,
+                           batch_size=batch_size)
+    return [Generation(s["input"], s["output"], g.reply, g.eos, speaks_for_other(g.text, name, speakers), g.text)
+            for s, g in zip(samples, got)]
 
 
 @dataclass
@@ -172,7 +150,7 @@ class Report:
     repeated: int = 0
     """Replies in which a word 4-gram occurs twice."""
     copied: int | None = None
-    """Replies sharing a word 8-gram with the adapter's training lines (None: unknown)."""
+    """Replies sharing a word 8-gram with the adapter's training source (None: unknown)."""
     specificity: float | None = None
     """The character's relative loss gain over the base minus the other speakers' (adapters only)."""
     text_specificity: float | None = None
@@ -204,3 +182,144 @@ class Report:
 
 HEADER = (f"{'model':<14} {'char loss':>9} {'other loss':>10} {'clean ends':>10} {'EOS':>10} {'for other':>9} "
           f"{'rep4':>6} {'copy8':>6} {'specif.':>8} {'AUC':>6}")
+
+
+def adapter_names(cfg: EvalConfig) -> list[tuple[str, int | None]]:
+    """(adapter, training seed): -l alone, or -l NAME --seeds N -> NAME-seed1 ... NAME-seedN."""
+    if not cfg.seeds:
+        return [(cfg.lora_name, None)] if cfg.lora_name else []
+    return [(f"{cfg.lora_name}-seed{k}", k) for k in range(1, cfg.seeds + 1)]
+
+
+def train_missing(cfg: EvalConfig, log: Callable[[str], None]) -> None:
+    """--seeds with --train_dataset: train each seed's adapter that is not there yet, at the training defaults."""
+    from charlora import models
+    from charlora.checkpoints import is_adapter
+    from charlora.train import TrainConfig, train
+
+    loras_dir, _ = models.resolve_dir(cfg.loras_dir, "loras")
+    for name, seed in adapter_names(cfg):
+        if not is_adapter(loras_dir / name):
+            log(f"training {name} (seed {seed}) on {cfg.train_dataset} at the defaults")
+            train(TrainConfig(dataset_name=cfg.train_dataset, model_name=cfg.model_name, lora_name=name, seed=seed,
+                              sample_replies=0, models_dir=cfg.models_dir, loras_dir=cfg.loras_dir, overwrite=True),
+                  log=log)
+
+
+def training_lines(adapter_dir: Path) -> list[str] | None:
+    """Every line the adapter was trained from (its source file, else its replies), for the copying score."""
+    import json
+
+    from charlora.samples import load_samples
+    from charlora.source import load_source
+
+    try:
+        dataset = json.loads((adapter_dir / "charlora_config.json").read_text())["config"]["dataset_name"]
+        samples = load_samples(dataset)
+    except Exception:  # an adapter from another tool, or its dataset moved: copying stays unknown
+        return None
+    src, _ = load_source(Path(dataset), samples)
+    return [line.text for line in src.lines] if src is not None else [s["output"] for s in samples]
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report]:
+    """evaluate.py: a Report for the base model and one for each adapter (one, or one per seed)."""
+    from charlora import metrics
+    from charlora.adapter import attach_adapters, find_adapter, load_with_adapters
+    from charlora.dialogue import read_dialogue_file
+    from charlora.errors import CharloraError
+    from charlora.models import resolve_dir
+    from charlora.samples import build_samples, missing_speaker_message, speaker_counts
+
+    lines, _ = read_dialogue_file(cfg.txtfilename)
+    counts = speaker_counts(lines)
+    samples = build_samples(lines, cfg.name, cfg.rounds)
+    if not samples:
+        raise CharloraError(missing_speaker_message(cfg.name, counts, cfg.txtfilename))
+    others = other_speaker_samples(lines, cfg.name, cfg.rounds)[: cfg.others]
+    if cfg.train_dataset:
+        train_missing(cfg, log)
+    names = adapter_names(cfg)
+    paths = [find_adapter(resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
+    model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
+
+    def measure(m):
+        char = line_losses(m, tokenizer, samples, cfg.cutoff_len)
+        other = line_losses(m, tokenizer, others, cfg.cutoff_len) if others else []
+        gens = greedy_replies(m, tokenizer, samples[: cfg.generate], cfg.name, counts,
+                              batch_size=cfg.batch_size, sampling=cfg.sampling)
+        return char, other, gens
+
+    base_char, base_other, base_gens = measure(model)
+    b_char, b_other = metrics.mean_loss(base_char), metrics.mean_loss(base_other)
+    reports = [Report.of("base", b_char, b_other, base_gens)]
+    for (name, seed), path in zip(names, paths):
+        tuned = attach_adapters(model, [path], [1.0])
+        char, other, gens = measure(tuned)
+        model = tuned.unload()  # the LoRA layers out again: the next adapter starts from the plain base
+        t_char, t_other = metrics.mean_loss(char), metrics.mean_loss(other)
+        train_text = training_lines(path)
+        text_losses = [metrics.text_loss(x) for x in (base_char, char, base_other, other)]
+        reports.append(Report.of(
+            name if len(names) > 1 else "adapter", t_char, t_other, gens,
+            metrics.ngram_index(train_text) if train_text is not None else None,
+            specificity=metrics.specificity(b_char, t_char, b_other, t_other) if others else None,
+            text_specificity=metrics.specificity(*text_losses) if others else None,
+            attribution_auc=metrics.auc(metrics.gains(base_char, char), metrics.gains(base_other, other))
+            if others else None,
+            seed=seed))
+    return reports
+
+
+def summary(reports: Sequence[Report]) -> dict[str, tuple[float, float]]:
+    """(mean, standard deviation) over the adapters (seeds) of each score."""
+    from charlora.metrics import mean_sd
+
+    base, tuned = reports[0], reports[1:]
+
+    def share(r, k):
+        v = getattr(r, k)
+        return v / r.generated if v is not None and r.generated else math.nan
+
+    def value(r, k):
+        v = getattr(r, k)
+        return math.nan if v is None else v
+
+    scores = {
+        "character_loss_change": [r.character_loss / base.character_loss - 1 for r in tuned],
+        "others_loss_change": [r.others_loss / base.others_loss - 1 for r in tuned],
+        "specificity": [value(r, "specificity") for r in tuned],
+        "text_specificity": [value(r, "text_specificity") for r in tuned],
+        "attribution_auc": [value(r, "attribution_auc") for r in tuned],
+        "clean_ends": [share(r, "clean_ends") for r in tuned],
+        "repeated_4gram": [share(r, "repeated") for r in tuned],
+        "copied_8gram": [share(r, "copied") for r in tuned],
+    }
+    return {k: mean_sd(v) for k, v in scores.items()}
+
+
+def summary_lines(summ: dict, n: int) -> str:
+    """The summary's scores in words, with ± standard deviation over seeds."""
+    def fmt(key, scale=100.0, unit="%", sign="+", digits=1):
+        mean, sd = summ[key]
+        return f"{scale * mean:{sign}.{digits}f}{unit}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
+
+    return (f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "
+            f"specificity {fmt('specificity', unit=' pt')} (text tokens alone {fmt('text_specificity', unit=' pt')}); "
+            f"attribution AUC {fmt('attribution_auc', 1.0, '', '', 3)}"
+            f"{f' (mean ± sd over {n} seeds)' if n > 1 else ''}\n"
+            f"clean endings {fmt('clean_ends', sign='')}; replies repeating a 4-gram {fmt('repeated_4gram', sign='')}; "
+            f"sharing an 8-gram with training {fmt('copied_8gram', sign='')}")
+
+
+def print_reports(reports: Sequence[Report], examples: int) -> None:
+    """The table, the adapters' scores, and `examples` replies side by side."""
+    print(HEADER)
+    for r in reports:
+        print(r.row())
+    if len(reports) > 1:
+        print(summary_lines(summary(reports), len(reports) - 1))
+    for i in range(min(examples, len(reports[0].examples))):
+        print(f"\n...{reports[0].examples[i].prompt[-150:]!r}\n  reference: {reports[0].examples[i].reference[:150]}")
+        for r in reports:
+            print(f"  {r.label:<9}: {r.examples[i].reply[:150]!r}{'' if r.examples[i].ended_by_eos else ' [no EOS]'}")

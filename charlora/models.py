@@ -1,14 +1,18 @@
-"""Stage 4: find a base model folder and load it for LoRA training or chat.
+"""Stage 4: find a base model folder and load it for LoRA training or inference.
 
 Everything loads through AutoModelForCausalLM / AutoTokenizer from a local
 folder (no hub access, no trust_remote_code unless asked), so GPT-J/Pygmalion,
 GPT-NeoX/Pythia, OPT, LLaMA-family and GPT-2 all take the same path.
+`load_for_inference` is the one loader of chat, evaluation and any server
+(adapters go on top with charlora.adapter.load_with_adapters); every check
+(vocabulary, weights) runs there, as it does before training.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from charlora.errors import CharloraError
 
@@ -193,3 +197,71 @@ def supports_packing(model) -> bool:
     finally:
         model.train(was_training)
     return torch.allclose(logits[0, :4], logits[0, 4:], rtol=1e-2, atol=1e-2)
+
+
+def read_config(path: Path, trust_remote_code: bool = False):
+    """The model's AutoConfig, or a CharloraError naming the folder."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise CharloraError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def meta_model(path: Path, trust_remote_code: bool = False):
+    """The model's layers without weights (meta device): shapes for free."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = read_config(path, trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+@dataclass
+class Loaded:
+    """A model ready for generation, and how it was loaded."""
+
+    model: Any
+    tokenizer: Any
+    path: Path
+    device: str
+    dtype: Any
+    quantization: str
+
+    def describe(self) -> str:
+        return f"on {self.device}, {str(self.dtype).removeprefix('torch.')}, quantization {self.quantization}"
+
+
+def load_for_inference(path: Path, quantization: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+                       allow_pickle: bool = False, log: Callable[[str], None] | None = None) -> Loaded:
+    """Tokenizer and model from a model folder (find_model), in eval mode.
+
+    The checks training runs come first: a tokenizer that belongs to another
+    model, a folder without weights, pickle weights not allowed.  dtype and
+    quantization are the flags' values ("auto": pick_dtype / choose_quantization).
+    """
+    device = pick_device()
+    torch_dtype = pick_dtype(dtype, device)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    config = read_config(path, trust_remote_code)
+    check_vocabulary(tokenizer, config, path)
+    check_weights(path, allow_pickle)
+    quant = choose_quantization(quantization, 2 * count_parameters(config), available_memory(device))
+    if quant != "none" and quantization == "auto" and log is not None:
+        log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
+    model = load_model(path, quant, torch_dtype, device, trust_remote_code, allow_pickle)
+    model.eval()
+    return Loaded(model, tokenizer, path, device, torch_dtype, quant)
+
+
+def max_positions(model: Any, tokenizer: Any) -> int | None:
+    """How many tokens the model reads at most (None: no known limit)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None

@@ -42,6 +42,7 @@ older history) and the task (recent turns and `Name:`).
 
 Pieces:
   pcw_layout / pcw_example   pure: ids -> input_ids, position_ids, segments (+ labels)
+  split_prompt / pcw_prompt  pure: a prompt tokenized once, split into prefix, windows, task (chat --pcw)
   pcw_sample                 pure: a processed sample (prompt text, reply) -> pcw_example (training, evaluation)
   attention_allowed          segments -> boolean (..., T, T) "may attend" matrix
   additive_mask              boolean -> 4D float mask a model takes
@@ -62,6 +63,10 @@ from charlora.tokens import IGNORE_INDEX
 PREFIX = 0  # windows are 1..N
 TASK = -1
 PAD = -2
+
+# Context lines next to the reply, outside the windows (training --pcw_recent,
+# evaluation): the turn being answered and the one before it.
+PCW_RECENT = 2
 
 # The attention implementations that take an arbitrary 4D mask.
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -142,32 +147,19 @@ def split_windows(ids: Sequence[int], lines: Sequence[int], n: int, max_len: int
     return [list(ids[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def pcw_sample(tokenizer: Any, prompt: str, reply: str, cutoff_len: int, windows: int, recent: int = 2,
-               window_len: int | None = None) -> dict[str, list[int]]:
-    """A processed sample {"input": prompt, "output": reply} as a PCW training example.
+def split_prompt(tokenizer: Any, prompt: str, recent: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A build_prompt prompt, tokenized once, whole -> (lead, older, older_lines, task).
 
-    The prompt is build_prompt's: context lines joined by "\\n", then `Name:`.
-    Layout: the BOS (if the tokenizer adds one) is the prefix; the last
-    `recent` context lines and the `Name:` line are the task; the older lines
-    are cut into `windows` contiguous windows of roughly equal token length
-    (split_windows).  The prompt is tokenized once, whole, and split by
-    character offsets, and the reply alone with EOS after it, so every token
-    and the reply/`Name:` boundary are encode_sample's: with windows=1 and
-    room for everything the example *is* encode_sample's (same ids, labels
-    and positions 0..T-1).
-
-    Budget: prefix + longest window + task + reply <= cutoff_len, the
-    positions the model sees.  Task and reply are cut as encode_sample cuts a
-    prompt and reply; each window may then hold what is left (at most
-    `window_len`, if given); older context beyond `windows` such windows is
-    dropped from its oldest end.  Needs a fast tokenizer (offsets).
+    lead: the BOS if the tokenizer adds one (the PCW prefix); task: the last
+    `recent` context lines and the `Name:` line; older: the tokens before
+    them, with older_lines[i] the prompt line token i ends in.  The split is
+    by character offsets, so every token is the one the whole prompt gets
+    (needs a fast tokenizer).
     """
     from bisect import bisect_right
 
-    from charlora.tokens import encode_reply, fit_to_cutoff, split_bos
+    from charlora.tokens import split_bos
 
-    if windows < 1:
-        raise PCWError(f"windows must be at least 1, got {windows}")
     if recent < 0:
         raise PCWError(f"recent must be 0 or more, got {recent}")
     if not getattr(tokenizer, "is_fast", False):
@@ -179,16 +171,62 @@ def pcw_sample(tokenizer: Any, prompt: str, reply: str, cutoff_len: int, windows
     lines = [bisect_right(line_starts, end - 1) - 1 for _, end in offsets]  # the line of each token's last char
     first_task_line = max(0, len(line_starts) - 1 - recent)
     split = sum(1 for line in lines if line < first_task_line)
-    older, older_lines = body[:split], lines[:split]
+    return lead, body[:split], lines[:split], body[split:]
 
-    _, _, reply_ids = fit_to_cutoff(lead, body, encode_reply(tokenizer, reply), cutoff_len)  # the reply encode_sample keeps
-    lead, task, reply_ids = fit_to_cutoff(lead, body[split:], reply_ids, cutoff_len)
+
+def newest_windows(older: Sequence[int], older_lines: Sequence[int], windows: int, budget: int) -> list[list[int]]:
+    """The newest `windows` x `budget` of the older tokens, cut into windows (split_windows);
+    older context beyond that is dropped from its oldest end."""
+    if windows < 1:
+        raise PCWError(f"windows must be at least 1, got {windows}")
+    budget = max(budget, 0)
+    keep = min(len(older), windows * budget)
+    return split_windows(older[len(older) - keep :], older_lines[len(older_lines) - keep :], windows, budget)
+
+
+def pcw_prompt(tokenizer: Any, prompt: str, windows: int, recent: int = PCW_RECENT,
+               positions: int | None = None) -> tuple[list[int], list[list[int]], list[int]]:
+    """(prefix, windows, task) token ids of a prompt for decoding (chat --pcw).
+
+    The same split as pcw_sample, so chat and training see the same token ids
+    for the same lines.  Each window may be as long as the room the prompt
+    leaves in `positions` (None: no limit, so nothing is dropped).
+    """
+    lead, older, older_lines, task = split_prompt(tokenizer, prompt, recent)
+    room = len(older) if positions is None else positions - len(lead) - len(task)
+    return lead, newest_windows(older, older_lines, windows, room), task
+
+
+def pcw_sample(tokenizer: Any, prompt: str, reply: str, cutoff_len: int, windows: int, recent: int = PCW_RECENT,
+               window_len: int | None = None) -> dict[str, list[int]]:
+    """A processed sample {"input": prompt, "output": reply} as a PCW training example.
+
+    The prompt is build_prompt's: context lines joined by "\\n", then `Name:`.
+    Layout: the BOS (if the tokenizer adds one) is the prefix; the last
+    `recent` context lines and the `Name:` line are the task; the older lines
+    are cut into `windows` contiguous windows of roughly equal token length
+    (split_prompt, newest_windows).  The reply is tokenized alone with EOS
+    after it, so every token and the reply/`Name:` boundary are
+    encode_sample's: with windows=1 and room for everything the example *is*
+    encode_sample's (same ids, labels and positions 0..T-1).
+
+    Budget: prefix + longest window + task + reply <= cutoff_len, the
+    positions the model sees.  Task and reply are cut as encode_sample cuts a
+    prompt and reply; each window may then hold what is left (at most
+    `window_len`, if given); older context beyond `windows` such windows is
+    dropped from its oldest end.  Needs a fast tokenizer (offsets).
+    """
+    from charlora.tokens import encode_reply, fit_to_cutoff
+
+    if windows < 1:
+        raise PCWError(f"windows must be at least 1, got {windows}")
+    lead, older, older_lines, task = split_prompt(tokenizer, prompt, recent)
+    _, _, reply_ids = fit_to_cutoff(lead, older + task, encode_reply(tokenizer, reply), cutoff_len)  # the reply encode_sample keeps
+    lead, task, reply_ids = fit_to_cutoff(lead, task, reply_ids, cutoff_len)
     budget = cutoff_len - len(lead) - len(task) - len(reply_ids)
     if window_len is not None:
         budget = min(budget, window_len)
-    budget = max(budget, 0)
-    keep = min(len(older), windows * budget)
-    parts = split_windows(older[len(older) - keep :], older_lines[len(older) - keep :], windows, budget)
+    parts = newest_windows(older, older_lines, windows, budget)
     return pcw_example(lead, parts, task + reply_ids, [IGNORE_INDEX] * len(task) + reply_ids)
 
 

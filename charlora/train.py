@@ -772,7 +772,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         result.exported.append(merge_dest)
 
     if show:
-        from charlora.generate import generate_reply
+        from charlora.reply import sample_reply as generate_reply
 
         model.eval()
         for s in show:

@@ -205,3 +205,64 @@ def tiny_dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "processed_dataset.json"
     path.write_text(json.dumps(samples, indent=2), encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------ chat
+
+# A conversation with narration and a third speaker, for prompts and windows.
+HISTORY_TEXT = ("Alice:Hi.\nBob:Hello, Alice.\n(Enter Carol)\nCarol:What news?\nAlice:How many apples?\n"
+                "Bob:Two.\nAlice:Only two?")
+
+
+def chat_history():
+    from charlora.dialogue import parse_dialogue
+
+    return parse_dialogue(HISTORY_TEXT)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_tokenizers):
+    """A seeded tiny llama (not saved), for chat sessions built in-process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config("llama", tiny_tokenizers["llama-like"])).eval()
+
+
+def chat_session(model, tokenizer, **settings):
+    """A ChatSession as Bob talking to Alice, with chat_history() said so far."""
+    from charlora.chat import ChatSession, Settings
+
+    session = ChatSession(model, tokenizer, Settings("Bob", "Alice", **settings))
+    session.history = chat_history()
+    return session
+
+
+@pytest.fixture(scope="session")
+def chat_models(tmp_path_factory, tiny_tokenizers, tiny_dataset):
+    """(models, loras, samples): models/{llama, llama_wide} and loras/t, an adapter
+    trained for 24 steps on llama, with the replies training printed at its end
+    [(prompt, reply, ended by EOS)]."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from charlora.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("chat")
+    models, loras = root / "models", root / "loras"
+    tok = tiny_tokenizers["llama-like"]
+    save_tiny_model("llama", tok, models)
+    # The same architecture at another size: hidden 64 instead of 48.
+    wide = LlamaConfig(**{**tiny_config("llama", tok).to_dict(), "hidden_size": 64, "head_dim": 16})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(wide).save_pretrained(models / "llama_wide")
+    tok.save_pretrained(models / "llama_wide")
+    cfg = TrainConfig(model_name="llama", models_dir=str(models), loras_dir=str(loras), dataset_name=str(tiny_dataset),
+                      lora_name="t", batch_size=4, epochs=6, grad_accum=1, learning_rate=1e-2, sample_replies=2,
+                      dtype="fp32", lora_rank=8,
+                      # the reply asserted in test_chat must be learned exactly; embedding
+                      # noise sized for real models swamps a 48-wide one
+                      neftune_noise_alpha=0)
+    result = train(cfg, log=lambda *a, **k: None)
+    return models, loras, result.samples

@@ -7,7 +7,8 @@ import torch
 import yaml
 
 import lora_finetune
-from charlora.adapter import character_card, character_name
+from charlora.adapter import adapter_scales, character_card, character_name
+from charlora.errors import CharloraError
 
 PROMPT = "Alice:Good morning, Bob. How many apples today?\nBob:"
 
@@ -24,6 +25,16 @@ def test_character_name_and_card_are_exact():
                    "Alice:Good morning.\nBob:Hello.\nAlice:Apples?\nBob:Long long reply here.\n\n"
                    "Alice:Hi?\nBob:I have two apples for you, Alice.\n",
     }
+
+
+@pytest.mark.parametrize("scales, expected", [(None, [1.0, 1.0]), ([0.5], [0.5, 0.5]), ([0.5, 2.0], [0.5, 2.0])])
+def test_adapter_scales(scales, expected, tmp_path):
+    assert adapter_scales([tmp_path / "a", tmp_path / "b"], scales) == expected
+
+
+def test_adapter_scales_refuses_a_count_that_fits_neither_rule(tmp_path):
+    with pytest.raises(CharloraError, match=r"one per adapter \(2\), got 3"):
+        adapter_scales([tmp_path / "a", tmp_path / "b"], [1.0, 1.0, 1.0])
 
 
 @pytest.fixture(scope="module")

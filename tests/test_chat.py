@@ -8,16 +8,14 @@ import json
 import pytest
 
 import chat
-import lora_finetune
-from charlora.chat import (ChatSession, ReplyStreamer, Settings, cut_reply, fit_context, handle_command,
-                           load_history, stream_safe)
+from charlora.chat import ChatSession, handle_command, load_history
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
-from charlora.prompt import build_prompt
-from conftest import save_tiny_model
+from charlora.prompt import build_prompt, fit_context
+from charlora.reply import ReplyStreamer, cut_reply, stream_safe
+from conftest import chat_history, chat_session
 
 ASK = "Good morning, Bob. How many apples today?"
-TRAINED = {f"I have {n} apples for you, Alice." for n in ("one", "two", "three", "four")}
 
 # ------------------------------------------------------------- stop rules
 
@@ -90,32 +88,11 @@ def test_streamer_prints_up_to_the_cut(tiny_tokenizers):
 
 # ------------------------------------------------------ prompts and history
 
-HISTORY = [
-    Line("Alice", "Hi."),
-    Line("Bob", "Hello, Alice."),
-    Line(None, "(Enter Carol)"),
-    Line("Carol", "What news?"),
-    Line("Alice", "How many apples?"),
-    Line("Bob", "Two."),
-    Line("Alice", "Only two?"),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_tokenizers):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    from conftest import tiny_config
-
-    return AutoModelForCausalLM.from_config(tiny_config("llama", tiny_tokenizers["llama-like"])).eval()
+HISTORY = chat_history()
 
 
 def session(tiny_llama, tiny_tokenizers, **kw) -> ChatSession:
-    s = ChatSession(tiny_llama, tiny_tokenizers["llama-like"], Settings("Bob", "Alice", **kw))
-    s.history = list(HISTORY)
-    return s
+    return chat_session(tiny_llama, tiny_tokenizers["llama-like"], **kw)
 
 
 def test_prompt_is_build_prompt_over_the_last_rounds_lines(tiny_llama, tiny_tokenizers):
@@ -188,30 +165,9 @@ def test_load_refuses_bad_files(content, message, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_tokenizers, tiny_dataset):
-    """models/{llama, llama_wide} and loras/t: an adapter trained for 24 steps on llama."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from conftest import tiny_config
-
-    root = tmp_path_factory.mktemp("chat")
-    models, loras = root / "models", root / "loras"
-    tok = tiny_tokenizers["llama-like"]
-    save_tiny_model("llama", tok, models)
-    # The same architecture at another size: hidden 64 instead of 48.
-    wide = LlamaConfig(**{**tiny_config("llama", tok).to_dict(), "hidden_size": 64, "head_dim": 16})
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(wide).save_pretrained(models / "llama_wide")
-    tok.save_pretrained(models / "llama_wide")
-    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models), "--loras_dir", str(loras),
-                             "-d", str(tiny_dataset), "-l", "t", "-b", "4", "-e", "6", "--grad_accum", "1",
-                             "--learning_rate", "1e-2", "--sample_replies", "0", "--dtype", "fp32", "-r", "8",
-                             # the reply asserted below must be learned exactly; embedding noise
-                             # sized for real models swamps a 48-wide one
-                             "--neftune_noise_alpha", "0"])
-    assert rc == 0
-    return models, loras
+def trained(chat_models):
+    """models/{llama, llama_wide} and loras/t (conftest.chat_models)."""
+    return chat_models[:2]
 
 
 def chat_args(trained, *extra, model="llama"):
@@ -268,15 +224,29 @@ def test_say_prints_one_reply(trained, capsys):
 
 
 def test_stdin_turns_give_one_json_line_each(trained, capsys, monkeypatch):
-    rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--json", "--seed", "3"),
+    rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--json", "--greedy"),
                             f"{ASK}\n\n   \nAnd tomorrow?\n", monkeypatch)
     assert rc == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["user"] for r in rows] == [ASK, "And tomorrow?"]
+    # Each turn's prompt is the conversation so far, as plain generate continues it.
+    said = [Line("Alice", ASK)]
     for r in rows:
         assert set(r) == {"user", "reply", "ended_by"}
-        assert r["ended_by"] in {"eos", "newline", "speaker", "length"}
-        assert "\n" not in r["reply"] and "Alice:" not in r["reply"]
+        assert (r["reply"], r["ended_by"]) == reference_reply(trained, build_prompt(said, "Bob"))
+        said += [Line("Bob", r["reply"])] * bool(r["reply"]) + [Line("Alice", "And tomorrow?")]  # an empty reply is not kept
+
+
+def test_the_same_seed_samples_the_same_replies(trained, capsys, monkeypatch):
+    def replies():
+        rc, out, err = run_chat(capsys, chat_args(trained, "-l", "t", "--json", "--seed", "3", "--temperature", "1.5"),
+                                f"{ASK}\nAnd tomorrow?\n", monkeypatch)
+        assert rc == 0, err
+        return out
+
+    first = replies()
+    assert first == replies()
+    assert len(first.splitlines()) == 2
 
 
 def test_two_half_scaled_copies_equal_one_adapter_and_scale_zero_is_base(trained, capsys):
@@ -356,7 +326,7 @@ def test_bad_flags(flags, message, trained, capsys):
 def test_reply_stop_criterion(tiny_tokenizers):
     import torch
 
-    from charlora.chat import ReplyStop
+    from charlora.reply import ReplyStop
 
     tok = tiny_tokenizers["llama-like"]
     prompt = tok("Alice:Hi\nBob:")["input_ids"]
@@ -401,3 +371,21 @@ def test_eof_ctrl_c_and_interrupted_reply_end_cleanly(trained, tmp_path, monkeyp
     assert json.loads(saved.read_text()) == []
     assert stdout.getvalue() == "Alice: Bob: \n" + "Alice: " * 2
     assert "(reply interrupted; Ctrl-C again at the prompt or Ctrl-D to leave)" in stderr.getvalue().splitlines()
+
+
+def test_fit_context_window_is_the_training_samples_window():
+    from charlora.samples import context_window
+
+    for rounds in range(0, len(HISTORY) + 2):
+        assert fit_context(HISTORY, "Bob", rounds, len, None) == list(context_window(HISTORY, len(HISTORY), rounds))
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("Alice:Hi\n(Enter Carol)\nCarol:Yo\nAlice:Eh?\nBob:", ("Bob", ["Alice", "Carol"])),
+    ("Sir Toby Belch:", ("Sir Toby Belch", [])),
+    (build_prompt(HISTORY, "Bob"), ("Bob", ["Alice", "Bob", "Carol"])),
+])
+def test_prompt_speakers(prompt, expected):
+    from charlora.prompt import prompt_speakers
+
+    assert prompt_speakers(prompt) == expected

@@ -1,7 +1,7 @@
 """The reply-only n-gram ban: exact bans, and it never looks at the prompt."""
 import torch
 
-from charlora.decoding import banned_next, make_reply_ngram_block
+from charlora.reply import banned_next, make_reply_ngram_block
 
 
 def test_banned_next_exact():

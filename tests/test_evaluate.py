@@ -1,11 +1,11 @@
 """evaluate.py's metrics, exact where they can be."""
-import math
 
 import pytest
 import torch
 
 from charlora.dialogue import parse_dialogue
-from charlora.evaluate import greedy_replies, other_speaker_samples, reply_loss, speaks_for_other
+from charlora.evaluate import greedy_replies, other_speaker_samples, reply_loss
+from charlora.reply import cut_reply, other_speaker_at, speaks_for_other
 from charlora.tokens import encode_sample
 
 SPEAKERS = ["Alice", "Bob", "Sir Toby Belch"]
@@ -20,9 +20,28 @@ SPEAKERS = ["Alice", "Bob", "Sir Toby Belch"]
     ("Fine. Malice: is not a name here.", False),
     ("Note: this is fine", False),                           # unknown name inline
     ("ok\n(Exit)", False),                                   # narration line
+    ("Fine.\nCarol:Who am I?", True),                        # an unknown speaker on a later line
+    ("Fine.\rAlice:Hm.", True),                              # any dialogue line break
+    ("Fine. Alice\n: no", False),                            # the colon must be on the name's line
 ])
 def test_speaks_for_other(text, expected):
     assert speaks_for_other(text, "Bob", SPEAKERS) is expected
+
+
+@pytest.mark.parametrize("text, at", [
+    ("I have two apples.", None),
+    ("Fine. Alice: no more.", 6),
+    ("Fine.\nBob:More.\nCarol:Who?", 16),
+    ("Sir Toby Belch:x\nAlice:y", 0),
+])
+def test_other_speaker_at_is_where_chat_cuts(text, at):
+    """One rule: where evaluation sees someone else speak is where chat's reply
+    ends (if that is before the first newline)."""
+    assert other_speaker_at(text, "Bob", SPEAKERS) == at
+    reply, why = cut_reply(text, "Bob", SPEAKERS)
+    newline = min((i for i, ch in enumerate(text) if ch in "\r\n"), default=len(text))
+    assert (why == "speaker") == (at is not None and at < newline)
+    assert reply == text[: min(newline, len(text) if at is None else at)].strip()
 
 
 def test_other_speaker_samples_are_prompted_with_their_own_name():
@@ -62,5 +81,5 @@ def test_batched_greedy_replies_equal_one_at_a_time(models_dir):
     samples = [{"input": "Alice:Hello there, how are you?\nBob:", "output": "x"}, {"input": "Bob:", "output": "y"}]
     batched = greedy_replies(model, tok, samples, "Bob", SPEAKERS, max_new_tokens=12, batch_size=2)
     single = [greedy_replies(model, tok, [s], "Bob", SPEAKERS, max_new_tokens=12, batch_size=1)[0] for s in samples]
-    assert [g.reply for g in batched] == [g.reply for g in single]
+    assert batched == single
     assert tok.padding_side == "right"  # restored

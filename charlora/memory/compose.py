@@ -30,7 +30,7 @@ from charlora.memory.retrieve import RECENCY_WEIGHT, Hit, retrieve
 from charlora.memory.store import MemoryStore, memory_file
 from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
-from charlora.prompt import build_prompt
+from charlora.prompt import build_prompt, fit_context
 
 # First-person statements worth keeping as facts about the user.  Narrow on
 # purpose: "I am tired" is not a fact, "my sister is called Ana" is.
@@ -129,8 +129,6 @@ class ChatMemory:
     def window(self, history: Sequence[Line], rounds: int) -> int:
         """Where the short-term window starts: the newest lines, at most `rounds`
         of them, within short_term_tokens."""
-        from charlora.chat import fit_context
-
         return len(history) - len(fit_context(history, self.name, rounds, self.count_tokens,
                                               self.s.short_term_tokens))
 

@@ -79,9 +79,8 @@ class Summarizer:
         return extractive_summary(previous, evicted, budget, self.count_tokens), "extractive"
 
     def model_summary(self, previous: str, evicted: Sequence[Line], budget: int) -> str | None:
-        import torch
-
         from charlora.prompt import format_line
+        from charlora.reply import Sampling, generate_reply
 
         conversation = "\n".join(format_line(l) for l in evicted)
         ask = (f"Summary so far: {previous or '(none)'}\n\nNew lines of the conversation:\n{conversation}\n\n"
@@ -89,13 +88,13 @@ class Summarizer:
                "each person said about themselves. One short paragraph, third person.")
         prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": ask}], tokenize=False,
                                                     add_generation_prompt=True)
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         # The character's adapter would answer in character; summaries want the base model.
         off = getattr(self.model, "disable_adapter", None)
-        with (off() if off is not None else contextlib.nullcontext()), torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=budget, do_sample=False, repetition_penalty=1.1,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        text = " ".join(self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split())
+        with off() if off is not None else contextlib.nullcontext():
+            out = generate_reply(self.model, self.tokenizer, prompt, "", [],
+                                 Sampling(max_new_tokens=budget, repetition_penalty=1.1), stop=False,
+                                 add_special_tokens=False)  # the chat template has its own special tokens
+        text = " ".join(out.text.split())
         kept = []
         for sentence in sentences(text):  # whole, grounded sentences within the budget
             if not grounded(sentence, previous + " " + conversation):
