@@ -35,13 +35,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Literal
+from urllib.parse import unquote
 
 from fastapi import Request  # at module level: FastAPI reads the handlers' (string) annotations from here
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlora.chat import ChatSession, Settings, check_speaker_name, one_line, stop_speakers
+from charlora.chat import ChatSession, Settings, check_speaker_name, one_line
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError
 
@@ -474,7 +474,8 @@ def make_app(engine: Engine):
         return stop_list(req.stop)
 
     def who(req: Sampling, request: Request) -> str:
-        named = req.user or next((request.headers[h] for h in USER_HEADERS if request.headers.get(h)), None)
+        # Open WebUI percent-encodes the name it forwards.
+        named = req.user or next((unquote(request.headers[h]) for h in USER_HEADERS if request.headers.get(h)), None)
         return speaker(named, "user") if named else c.defaults.user
 
     @app.post("/v1/chat/completions")

@@ -1,6 +1,5 @@
 """serve.py: an OpenAI-compatible server, tested as users meet it: a real
 server process on 127.0.0.1 and the official `openai` client, streaming too."""
-import json
 import socket
 import sqlite3
 import subprocess
@@ -283,3 +282,31 @@ def test_engine_drops_the_whole_turn_when_the_client_leaves(tmp_path, tiny_token
     result = engine.chat(req, "Quinn", "api", lambda text: None, threading.Event(), [])
     assert result.reply.startswith(pieces[0])
     assert turns(tmp_path, "Quinn") == [("Quinn", "Tell me about the bakery."), ("Bob", result.reply)]
+
+
+def test_engine_with_pcw_and_a_stop_string(tmp_path, tiny_tokenizers):
+    """--pcw goes through ChatSession's parallel-window path (usage counts its
+    tokens); a `stop` string cuts the reply, and the cut reply is what the
+    conversation keeps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import ChatRequest, Engine, ServerConfig
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    plain = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", rounds=2, max_new_tokens=30, greedy=True, temperature=0), model_id="llama"))
+    pcw = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", rounds=2, max_new_tokens=30, greedy=True, temperature=0, pcw=2), model_id="llama"))
+    lines = ["Good morning, Bob.", "Morning, Alice.", "Is the oven on?", "Since four.", "Sixty rolls, please."]
+    req = ChatRequest(model="llama", messages=[{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+                                               for i, t in enumerate(lines)])
+    a = plain.chat(req, "Alice", "api", lambda t: None, threading.Event(), [])
+    b = pcw.chat(req, "Alice", "api", lambda t: None, threading.Event(), [])
+    assert a.reply and b.reply
+    assert b.prompt_tokens > a.prompt_tokens  # the older lines are read too, in windows
+    cut = a.reply[: max(1, len(a.reply) // 2)]
+    stop = a.reply[len(cut):][:3]
+    c = plain.chat(req, "Alice", "api", lambda t: None, threading.Event(), [stop])
+    assert c.ended_by == "stop" and c.reply == a.reply[: a.reply.index(stop)].rstrip()
