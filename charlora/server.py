@@ -17,8 +17,9 @@ SillyTavern, Open WebUI and any `openai` client talk to it through
   the server keeps that user's conversation, as chat.py --session does: a
   request's new line is its last message (earlier messages only seed a
   conversation the server has not seen).  A turn (the user's line and the
-  reply) is written only once the reply was delivered, both lines together,
-  so a client that drops mid-stream leaves no half turn behind.
+  reply) is written only once the whole reply was generated with the client
+  still connected, both lines together, so a client that drops mid-stream
+  leaves no half turn behind.
 
 The model is reached only through ChatSession's public API (constructor,
 `.history`, `.say`, `.generate`, `.pcw_parts`, `.count_tokens`, `.budget`) and
@@ -255,7 +256,7 @@ class UserState:
 
 class DeferredMemory:
     """ChatMemory whose record() waits: lines go to the file only on commit(),
-    together, once the reply was delivered."""
+    one after the other, once the whole reply was generated."""
 
     def __init__(self, memory: Any):
         self.memory, self.pending = memory, []
