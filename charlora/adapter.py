@@ -201,9 +201,19 @@ def character_card(name: str, samples: Sequence[dict[str, str]], count_tokens: C
     return {"name": name, "greeting": greeting, "context": context}
 
 
+class _CardDumper(yaml.SafeDumper):
+    """Multi-line values (the context) as `|` blocks, so the file reads as the
+    dialogue it holds; YAML itself quotes any value a block can't carry."""
+
+
+_CardDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
 def write_character(path: Path, card: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8")
+    path.write_text(yaml.dump(card, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=1000),
+                    encoding="utf-8")
 
 
 def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> None:
