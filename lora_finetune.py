@@ -72,6 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--export_character", action="store_true", help="also write <Name>.yaml to the webui characters folder (characters/ or user_data/characters/)")
     p.add_argument("--characters_dir", default=D.characters_dir, help="where --export_character writes")
     p.add_argument("--merge", action="store_true", help="also save base + adapter merged as models/<model_name>-<lora_name> for tools that can't load adapters")
+    p.add_argument("--export_gguf", action="store_true", help="also write loras/<lora_name>/<lora_name>.gguf for llama.cpp (--lora); LLaMA-architecture bases")
     return p
 
 

@@ -32,11 +32,14 @@ def resolve_dir(explicit: str | None, kind: str) -> tuple[Path, str | None]:
     `user_data/<kind>/` that current text-generation-webui installs use.
 
     Returns the folder and a note to print when the webui layout was picked.
+    The repository ships `models/` and `loras/` holding only a README, so a
+    folder with just that README counts as absent.
     """
     if explicit:
         return Path(explicit), None
     plain, webui = Path(kind), Path("user_data") / kind
-    if not plain.exists() and webui.is_dir():
+    unused = not plain.exists() or (plain.is_dir() and {p.name for p in plain.iterdir()} == {"README.md"})
+    if unused and webui.is_dir():
         return webui, f"using {webui}/ (text-generation-webui layout)"
     return plain, None
 

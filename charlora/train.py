@@ -138,6 +138,8 @@ class TrainConfig:
     characters_dir: str | None = None
     merge: bool = False
     """Also save base + adapter merged as a full model folder models/<base>-<lora>."""
+    export_gguf: bool = False
+    """Also write loras/<name>/<name>.gguf, the adapter as a llama.cpp LoRA (LLaMA-architecture bases)."""
 
 
 @dataclass
@@ -563,6 +565,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     merge_dest = models_dir / files.safe_name(f"{model_path.name}-{cfg.lora_name}") if cfg.merge else None
     if merge_dest is not None and merge_dest.exists():
         raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")
+    if cfg.export_gguf:
+        from charlora import gguf
+
+        gguf.check_base(gguf.read_json(model_path / "config.json"))
     target_modules = resolve_target_modules(cfg.target_modules)
 
     # Only now, after the checks of the user's own input: importing the
@@ -750,9 +756,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "stopped_early": bool(keeper and keeper.stopped_early),
               "packing": packing, "pcw_windows": cfg.pcw_windows, "world_size": world, "samples_per_step": per_step,
               "train_seconds": round(seconds, 1)}
-    card = adapter.character_card(character, samples)
+    card = adapter.character_card(character, samples, lambda text: len(tokenizer(text)["input_ids"]))
     try:
         model.save_pretrained(work_dir)
+        adapter.record_base(work_dir, model_path)
         (work_dir / "charlora_config.json").write_text(strict_json(record) + "\n")
         adapter.write_card(work_dir, record, logged)
         adapter.plot_losses(work_dir, logged, evals)
@@ -770,6 +777,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if merge_dest is not None:
         adapter.merge_into_model(model_path, dest, merge_dest, dtype)
         result.exported.append(merge_dest)
+    if cfg.export_gguf:
+        result.exported.append(gguf.export_lora(dest, model_path))
 
     if show:
         from charlora.reply import sample_reply as generate_reply

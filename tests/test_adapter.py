@@ -1,6 +1,7 @@
 """What lora_finetune.py writes beside the weights: card, loss curve,
 webui character file, and the merged model."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ def test_character_name_and_card_are_exact():
         "name": "Bob",
         "greeting": "Yes.",
         "context": "The following is a conversation with Bob, who speaks as in these examples.\n\n"
-                   "Alice:Good morning.\nBob:Hello.\nAlice:Apples?\nBob:Long long reply here.\n\n"
-                   "Alice:Hi?\nBob:I have two apples for you, Alice.\n",
+                   "Alice:Hi?\nBob:I have two apples for you, Alice.\n\n"
+                   "Alice:Apples?\nBob:Long long reply here.\n",
     }
 
 
@@ -37,6 +38,28 @@ def test_adapter_scales_refuses_a_count_that_fits_neither_rule(tmp_path):
         adapter_scales([tmp_path / "a", tmp_path / "b"], [1.0, 1.0, 1.0])
 
 
+def test_character_context_has_no_line_twice_and_keeps_its_token_budget(tiny_tokenizers):
+    """Neighbouring samples share their context: the card once repeated one
+    passage in every example.  Now each dataset line appears at most once,
+    and the context stays within the budget as the model's tokenizer counts."""
+    from charlora.dialogue import parse_dialogue
+    from charlora.samples import build_samples
+
+    text = (Path(__file__).resolve().parents[1] / "dataset.txt").read_text(encoding="utf-8")
+    samples = build_samples(parse_dialogue(text), "Bob", rounds=5)
+    tok = tiny_tokenizers["llama-like"]
+    count = lambda t: len(tok(t)["input_ids"])  # noqa: E731
+    for budget in (384, 120):
+        context = character_card("Bob", samples, count, budget=budget)["context"]
+        lines = [l for l in context.splitlines() if l]
+        assert len(lines) == len(set(lines))
+        assert count(context) <= budget
+    assert character_card("Bob", samples, count, budget=384)["context"].count("Bob:") == 4
+    assert character_card("Bob", samples, count, budget=120)["context"].count("Bob:") == 1
+    assert character_card("Bob", samples, count, budget=10)["context"] == (
+        "The following is a conversation with Bob, who speaks as in these examples.\n")
+
+
 @pytest.fixture(scope="module")
 def trained(models_dir, tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter")
@@ -44,7 +67,7 @@ def trained(models_dir, tiny_dataset, tmp_path_factory):
         "-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(root / "loras"), "-d", str(tiny_dataset),
         "-l", "bob", "-b", "4", "-e", "2", "--grad_accum", "1", "--learning_rate", "1e-2", "--dtype", "fp32",
         "-r", "8", "--sample_replies", "0", "--eval_split", "0.25", "--export_character",
-        "--characters_dir", str(root / "characters"), "--merge",
+        "--characters_dir", str(root / "characters"), "--merge", "--export_gguf",
     ])
     assert rc == 0
     yield root
@@ -59,16 +82,23 @@ def test_card_names_everything_a_person_needs(trained, models_dir):
     record = json.loads((adapter / "charlora_config.json").read_text())
     assert record["character"] == "Bob" and record["train_samples"] == 12 and record["eval_samples"] == 4
     assert "a LoRA adapter that talks like Bob" in card
-    assert f"Base model: `{models_dir / 'llama'}`" in card
+    assert "Base model: `llama`, trained in float32" in card
+    assert "Set the chat mode to **chat**" in card and "`user_data/characters/`" in card
+    # A base another machine can resolve, not this machine's path; the GGUF beside the weights.
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "llama"
+    assert (adapter / "bob.gguf").read_bytes()[:4] == b"GGUF"
     assert "12 training samples, 4 held out" in card
     assert "| `lora_rank` | `8` |" in card and "| `learning_rate` | `0.01` |" in card
     assert f"Held-out loss: {record['eval_loss']:.3f} per reply token" in card
     assert (adapter / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_character_file_in_adapter_and_characters_folder(trained, tiny_dataset):
+def test_character_file_in_adapter_and_characters_folder(trained, tiny_dataset, models_dir):
+    from transformers import AutoTokenizer
+
     samples = json.loads(tiny_dataset.read_text())
-    expected = character_card("Bob", samples)
+    tok = AutoTokenizer.from_pretrained(models_dir / "llama")
+    expected = character_card("Bob", samples, lambda t: len(tok(t)["input_ids"]))
     for path in (trained / "loras" / "bob" / "Bob.yaml", trained / "characters" / "Bob.yaml"):
         assert yaml.safe_load(path.read_text()) == expected
 

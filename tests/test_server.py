@@ -1,0 +1,312 @@
+"""serve.py: an OpenAI-compatible server, tested as users meet it: a real
+server process on 127.0.0.1 and the official `openai` client, streaming too."""
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from charlora.chat import ChatSession, Settings
+from charlora.dialogue import Line
+from charlora.server import ApiError, Message, chat_lines, cut_at_stops, stream_prefix
+from conftest import save_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ pure
+
+
+def test_messages_become_the_training_lines():
+    messages = [Message(role="system", content="You are a helpful assistant."),
+                Message(role="user", content="Morning, Bob."),
+                Message(role="assistant", content="Bob: The dough doesn't care\nwhat time it is."),
+                Message(role="user", name="Carol", content=[{"type": "text", "text": "Sixty rolls?"}]),
+                Message(role="assistant", name="Dave", content="Delivery!"),
+                Message(role="user", content="Alice: Is the oven on?")]
+    history, said = chat_lines(messages, "Bob", "Alice")
+    assert history == [Line("Alice", "Morning, Bob."), Line("Bob", "The dough doesn't care what time it is."),
+                       Line("Carol", "Sixty rolls?"), Line("Dave", "Delivery!")]
+    assert said == Line("Alice", "Is the oven on?")
+
+
+def test_the_last_message_must_be_the_users():
+    with pytest.raises(ApiError, match="the last message must be the user's") as err:
+        chat_lines([Message(role="user", content="Hi"), Message(role="assistant", content="Hello")], "Bob", "Alice")
+    assert err.value.status == 400
+    with pytest.raises(ApiError, match="cannot be a speaker name"):
+        chat_lines([Message(role="user", name="<script>", content="Hi")], "Bob", "Alice")
+
+
+def test_stop_strings_cut_and_hold_back_exactly():
+    assert cut_at_stops("I'll save you the best one. END more", ["END", "zzz"]) == ("I'll save you the best one.", True)
+    assert cut_at_stops("no stop here", ["END"]) == ("no stop here", False)
+    assert stream_prefix("the best one. EN", ["END"]) == "the best one. "
+    assert stream_prefix("the best one. E", ["END", "Eve:"]) == "the best one. "
+    assert stream_prefix("the best one. ENDx", ["END"]) == "the best one."
+    assert stream_prefix("the best one", []) == "the best one"
+
+
+# ------------------------------------------------------------------ a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_tokenizers):
+    """serve.py on a tiny LLaMA built from config, greedy, memory on."""
+    root = tmp_path_factory.mktemp("serve")
+    save_tiny_model("llama", tiny_tokenizers["llama-like"], root / "models")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "-m", "llama", "--models_dir", str(root / "models"),
+                             "--name", "Bob", "--user", "Alice", "--port", str(port), "--temperature", "0",
+                             "--dtype", "fp32", "--memory_dir", str(root / "memory"), "--recall_method", "keyword",
+                             "--summarizer", "extractive", "--max_new_tokens", "24"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.25)
+        if proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+        pytest.fail("server did not start: " + (root / "server.log").read_text())
+    assert proc.poll() is None, (root / "server.log").read_text()
+    yield base, root
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def client(served):
+    from openai import OpenAI
+
+    return OpenAI(base_url=served[0], api_key="none", max_retries=0, timeout=60)
+
+
+def turns(root: Path, user: str) -> list[tuple[str, str]]:
+    path = root / "memory" / f"Bob--{user}.sqlite"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT speaker, text FROM turns ORDER BY id"))
+
+
+def reference_reply(root: Path, history: list[Line], said: str, user: str = "Alice", max_new_tokens: int = 24) -> str:
+    """The reply chat.py's ChatSession gives for the same conversation, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(root / "models" / "llama", dtype=torch.float32).eval()
+    session = ChatSession(model, load_tokenizer(root / "models" / "llama"),
+                          Settings("Bob", user, max_new_tokens=max_new_tokens, greedy=True))
+    session.history = list(history)
+    return session.say(said).reply
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == ["llama"]
+
+
+def test_chat_reply_streamed_or_not_is_chat_pys_reply(client, served):
+    messages = [{"role": "user", "content": "Good morning, Bob."}, {"role": "assistant", "content": "Morning."},
+                {"role": "user", "content": "How many apples today?"}]
+    plain = client.chat.completions.create(model="llama", messages=messages, user="Hal")
+    reply = plain.choices[0].message.content
+    want = reference_reply(served[1], [Line("Hal", "Good morning, Bob."), Line("Bob", "Morning.")],
+                           "How many apples today?", user="Hal")
+    # With memory the server keeps the conversation; Hal's is new, so the request's lines seed it.
+    assert reply == want
+    assert plain.choices[0].finish_reason in ("stop", "length") and plain.usage.completion_tokens > 0
+    assert "\n" not in reply and "Hal:" not in reply
+    # Another memory (user "Hal2"), the same speaker (the messages' name): the same prompt.
+    named = [{**m, "name": "Hal"} if m["role"] == "user" else m for m in messages]
+    stream = client.chat.completions.create(model="llama", messages=named, user="Hal2", stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reply
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens
+
+
+def test_completions_continue_a_raw_prompt_with_the_same_stop_rule(client, served):
+    prompt = "Alice:Good morning, Bob.\nBob:"
+    out = client.completions.create(model="llama", prompt=prompt, temperature=0, max_tokens=24)
+    want = reference_reply(served[1], [], "Good morning, Bob.")
+    assert out.choices[0].text == want
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="llama", prompt=prompt, temperature=0, max_tokens=24, stream=True))
+    assert streamed == out.choices[0].text
+
+
+def test_memory_keeps_each_users_turns(client, served):
+    root = served[1]
+    for text in ("My sister is called Ana.", "What is her name?"):
+        client.chat.completions.create(model="llama", messages=[{"role": "user", "content": text}], user="Maria")
+    said = [t for s, t in turns(root, "Maria") if s == "Maria"]
+    assert said == ["My sister is called Ana.", "What is her name?"]
+    assert turns(root, "Zed") == []
+    client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "Hello"}],
+                                   extra_headers={"X-Charlora-User": "Zed"})
+    assert [s for s, _ in turns(root, "Zed")][0] == "Zed"
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400, "top_p"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}, 400, "max_tokens"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"model": "llama", "messages": []}, 400, "messages"),
+    ({"model": "llama", "messages": [{"role": "user", "content": "hi " * 2000}]}, 400, "messages"),
+])
+def test_bad_requests_get_openai_errors_with_the_right_status(served, body, status, param):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    r = httpx.post(f"{served[0]}/chat/completions", json=body, timeout=60)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    url = f"{served[0]}/chat/completions"
+    r = httpx.post(url, content=b'{"model": "llama", "messages": [', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    nan = b'{"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    r = httpx.post(url, content=nan, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+    r = httpx.post(url, content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    # ... and it keeps serving.
+    assert client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}]).choices
+
+
+def test_a_client_dropping_mid_stream_leaves_no_half_turn(served, client):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    root = served[1]
+    body = {"model": "llama", "messages": [{"role": "user", "content": "Tell me about the bakery."}],
+            "stream": True, "user": "Quinn", "max_tokens": 200, "temperature": 1.0}
+    for _ in range(3):
+        with httpx.stream("POST", f"{served[0]}/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first event, then hang up
+    time.sleep(1.0)
+    speakers = [s for s, _ in turns(root, "Quinn")]
+    # Whole turns only: each of Quinn's lines is followed by Bob's reply (or the reply was empty).
+    assert speakers.count("Quinn") >= speakers.count("Bob")
+    assert all(not (a == "Bob" and b == "Bob") for a, b in zip(speakers, speakers[1:]))
+    assert client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}]).choices
+
+
+def test_concurrent_requests_each_get_their_own_reply_and_memory(served, client):
+    """Eight users at once: every reply equals the one each gets alone, and
+    every user's memory holds exactly their own turns."""
+    root, results, errors = served[1], {}, []
+
+    def one(i):
+        try:
+            r = client.chat.completions.create(model="llama", user=f"Con{i}",
+                                               messages=[{"role": "user", "content": f"Number {i} please."}])
+            results[i] = r.choices[0].message.content
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for i in range(8):
+        assert turns(root, f"Con{i}")[0] == (f"Con{i}", f"Number {i} please.")
+        assert len(turns(root, f"Con{i}")) == (2 if results[i] else 1)
+        alone = client.chat.completions.create(model="llama", user=f"Solo{i}",  # another memory, same speaker
+                                               messages=[{"role": "user", "name": f"Con{i}",
+                                                          "content": f"Number {i} please."}])
+        assert alone.choices[0].message.content == results[i]
+
+
+def test_engine_drops_the_whole_turn_when_the_client_leaves(tmp_path, tiny_tokenizers):
+    """In-process and deterministic: the client leaves after the first piece
+    of the reply; generation stops, and neither line reaches memory or the
+    conversation.  The next request then writes its whole turn."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.memory import MemorySettings
+    from charlora.server import ChatRequest, ClientGone, Engine, ServerConfig
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    engine = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", max_new_tokens=40, greedy=True, temperature=0), model_id="llama",
+        memory=MemorySettings(memory_dir=tmp_path / "memory", recall_method="keyword", summarizer="extractive")))
+    req = ChatRequest(model="llama", messages=[{"role": "user", "content": "Tell me about the bakery."}])
+    gone, pieces = threading.Event(), []
+
+    def emit(text):
+        pieces.append(text)
+        gone.set()
+
+    with pytest.raises(ClientGone):
+        engine.chat(req, "Quinn", "api", emit, gone, [])
+    assert len(pieces) == 1
+    assert turns(tmp_path, "Quinn") == []
+    assert engine.users["Quinn\napi"].history == []
+    result = engine.chat(req, "Quinn", "api", lambda text: None, threading.Event(), [])
+    assert result.reply.startswith(pieces[0])
+    assert turns(tmp_path, "Quinn") == [("Quinn", "Tell me about the bakery."), ("Bob", result.reply)]
+
+
+def test_engine_with_pcw_and_a_stop_string(tmp_path, tiny_tokenizers):
+    """--pcw goes through ChatSession's parallel-window path (usage counts its
+    tokens); a `stop` string cuts the reply, and the cut reply is what the
+    conversation keeps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import ChatRequest, Engine, ServerConfig
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    plain = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", rounds=2, max_new_tokens=30, greedy=True, temperature=0), model_id="llama"))
+    pcw = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", rounds=2, max_new_tokens=30, greedy=True, temperature=0, pcw=2), model_id="llama"))
+    lines = ["Good morning, Bob.", "Morning, Alice.", "Is the oven on?", "Since four.", "Sixty rolls, please."]
+    req = ChatRequest(model="llama", messages=[{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+                                               for i, t in enumerate(lines)])
+    a = plain.chat(req, "Alice", "api", lambda t: None, threading.Event(), [])
+    b = pcw.chat(req, "Alice", "api", lambda t: None, threading.Event(), [])
+    assert a.reply and b.reply
+    assert b.prompt_tokens > a.prompt_tokens  # the older lines are read too, in windows
+    cut = a.reply[: max(1, len(a.reply) // 2)]
+    stop = a.reply[len(cut):][:3]
+    c = plain.chat(req, "Alice", "api", lambda t: None, threading.Event(), [stop])
+    assert c.ended_by == "stop" and c.reply == a.reply[: a.reply.index(stop)].rstrip()
