@@ -37,6 +37,7 @@ from charlora.prompt import build_prompt, fit_context
 from charlora.readers.common import one_line
 from charlora.reply import generate_pcw_reply, generate_reply, stop_speakers
 from charlora.samples import write_json_atomic
+from charlora.text import clean_line, clean_speaker, strip_controls
 
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
 MEMORY_COMMANDS = "/memory, /forget ITEM, /remember TEXT"
@@ -57,9 +58,12 @@ def history_from_json(data: Any, source: str) -> list[Line]:
         if (not isinstance(entry, dict) or not isinstance(entry.get("text"), str)
                 or not (entry.get("speaker") is None or isinstance(entry.get("speaker"), str))):
             raise CharloraError(f"{source}: entry {i} is not an object with \"speaker\" (text or null) and \"text\"")
-        text = one_line(entry["text"])
+        # a loaded file is not trusted: no escape sequences reach the terminal
+        # or the prompt, and a speaker "Evil\nBob" can't start a fake Bob: line
+        text = clean_line(one_line(entry["text"]))
         if text:
-            lines.append(Line(entry["speaker"] or None, text))
+            speaker = clean_speaker(entry["speaker"]) if entry["speaker"] else ""
+            lines.append(Line(speaker or None, text))
     return lines
 
 
@@ -200,7 +204,7 @@ class ChatSession:
         (an empty reply does not: the next prompt simply has the user speak again).
         With memory the user's line is saved before the reply is generated and
         stays, interrupted or not: nothing said is lost."""
-        text = one_line(text)
+        text = clean_line(one_line(text))
         if not text:
             raise CharloraError("nothing to say: the line is empty")
         line = Line(self.s.user, text)
@@ -320,7 +324,7 @@ def run(cfg: ChatConfig | Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) ->
     from charlora.config import from_args
 
     def log(message: str) -> None:
-        print(message, file=stderr, flush=True)
+        print(strip_controls(message), file=stderr, flush=True)
 
     cfg = check_config(cfg if isinstance(cfg, ChatConfig) else from_args(ChatConfig, cfg))
     quiet_libraries(progress_bars=False)
@@ -368,7 +372,7 @@ def converse(cfg: ChatConfig, session: ChatSession, stdin: TextIO, stdout: TextI
     """The turns until /quit, end of input or Ctrl-C at the prompt -> exit status."""
 
     def emit(reply: Reply) -> None:
-        print(reply.as_json() if cfg.json else reply.reply, file=stdout, flush=True)
+        print(reply.as_json() if cfg.json else strip_controls(reply.reply), file=stdout, flush=True)
 
     if cfg.say is not None:
         emit(session.say(cfg.say))

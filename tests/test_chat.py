@@ -389,3 +389,12 @@ def test_prompt_speakers(prompt, expected):
     from charlora.prompt import prompt_speakers
 
     assert prompt_speakers(prompt) == expected
+
+
+def test_a_loaded_history_carries_no_escapes_and_no_fake_speaker_lines():
+    from charlora.chat import history_from_json
+
+    data = [{"speaker": "Evil\nBob", "text": "hi \x1b[31mred\x1b[0m \x1b]0;title\x07there"},
+            {"speaker": None, "text": "(a door\nslams)"}]
+    lines = history_from_json(data, "h.json")
+    assert [(line.speaker, line.text) for line in lines] == [("Evil Bob", "hi red there"), (None, "(a door slams)")]
