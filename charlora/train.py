@@ -490,13 +490,11 @@ def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, sr
     return train_samples, weights
 
 
-def train(cfg: TrainConfig, log=print) -> TrainResult:
-    import time
-
-    from charlora import adapter, models
-    from charlora.samples import load_samples
-    from charlora.source import data_report, load_source
-    from charlora.tokens import token_lengths
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse any flag out of its range, one line naming it, before anything
+    is read or loaded.  Pure: testable without a model."""
+    from charlora.config import require_finite
+    from charlora.source import check_others_weight
 
     if cfg.cutoff_len < 8:
         raise CharloraError(f"--cutoff_len must be at least 8 tokens, got {cfg.cutoff_len}")
@@ -506,8 +504,6 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         raise CharloraError(f"--early_stop must be 0 (off) or a number of epochs, got {cfg.early_stop}")
     if not (math.isfinite(cfg.others_ratio) and cfg.others_ratio > 0):
         raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
-    from charlora.source import check_others_weight
-
     check_others_weight(cfg.others_weight, "--others_weight")
     check_others_weight(cfg.contrast_weight, "--contrast_weight")
     if not 0 <= cfg.warmup < 1:
@@ -536,6 +532,24 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if cfg.save_steps < 0 or cfg.save_total_limit < 1:
         raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
                             f"got {cfg.save_steps} and {cfg.save_total_limit}")
+    # the older checks above keep their own words; these close the rest of each range
+    require_finite("--seed", cfg.seed, 0, 2**32 - 1)  # numpy's seeding range
+    require_finite("--cutoff_len", cfg.cutoff_len, 8, 1_000_000)
+    require_finite("--epochs", cfg.epochs, 0, 100_000)
+    require_finite("--max_steps", cfg.max_steps, -1, 10**9)
+    require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
+    require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
+
+
+def train(cfg: TrainConfig, log=print) -> TrainResult:
+    import time
+
+    from charlora import adapter, models
+    from charlora.samples import load_samples
+    from charlora.source import data_report, load_source
+    from charlora.tokens import token_lengths
+
+    check_train_config(cfg)
 
     # torchrun / accelerate launch: only the first process writes files and talks.
     main_process = int(os.environ.get("RANK", "0")) == 0

@@ -240,3 +240,19 @@ def test_a_source_without_other_speakers_trains_on_the_character_alone(models_di
     assert "note: 12 samples are too few to hold out the last lines and still train" in out
     record = json.loads((tmp_path / "loras" / "solo" / "charlora_config.json").read_text())
     assert (record["train_samples"], record["eval_samples"]) == (12, 0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": -1}, "--seed must be in [0, 4.29497e+09], got -1"),
+    ({"epochs": 1e308}, "--epochs must be in [0, 100000], got 1e+308"),
+    ({"cutoff_len": 10**9}, "--cutoff_len must be in [8, 1e+06], got 1000000000"),
+    ({"lora_alpha": float("inf")}, "--lora_alpha must be in (0, 1e+06], got inf"),
+    ({"max_steps": -5}, "--max_steps must be in [-1, 1e+09], got -5"),
+])
+def test_training_flags_out_of_range_are_refused_before_anything_loads(changes, message):
+    from charlora.errors import CharloraError
+    from charlora.train import TrainConfig, check_train_config
+
+    with pytest.raises(CharloraError) as err:
+        check_train_config(TrainConfig(**changes))
+    assert str(err.value) == message
