@@ -30,7 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
 def export(args: argparse.Namespace) -> tuple[Path, str]:
     """(the GGUF written, the base model's name) for the parsed flags."""
     from charlora import models
-    from charlora.chat import adapter_base_name, find_adapter
+    from charlora.adapter import adapter_base_name, find_adapter
     from charlora.gguf import export_lora
 
     adapter = find_adapter(models.resolve_dir(args.loras_dir, "loras")[0], args.lora_name)

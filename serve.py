@@ -64,24 +64,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def server_config(args: argparse.Namespace):
+    """The checked charlora.server.ServerConfig for the parsed flags (no model read)."""
+    from dataclasses import replace
+
+    from charlora import server
+    from charlora.chat import memory_settings
+    from charlora.config import ChatConfig, from_args
+
+    # The flags share chat.py's names, so they fill a ChatConfig as chat.py's do;
+    # a temperature of 0 means greedy.
+    cfg = from_args(ChatConfig, args)
+    cfg = replace(cfg, sampling=replace(cfg.sampling, greedy=cfg.sampling.temperature == 0))
+    model_id = args.served_name or (Path(args.lora_name[-1]).name if args.lora_name else args.model_name)
+    config = server.check_config(server.ServerConfig(cfg, model_id, args.max_tokens_limit, args.max_queue,
+                                                     None, args.embedder))
+    return replace(config, memory=memory_settings(config.defaults))
+
+
 def build(args: argparse.Namespace):
     from charlora import server
-    from charlora.chat import Settings, check_speaker_name, load_chat_model
+    from charlora.adapter import load_with_adapters
     from charlora.errors import quiet_libraries
-    from charlora.memory import MemorySettings
 
-    memory = None
-    if args.memory or args.memory_dir:
-        memory = MemorySettings(memory_dir=Path(args.memory_dir or MemorySettings.memory_dir),
-                                recall_method=args.recall_method, summarizer=args.summarizer)
-    model_id = args.served_name or (Path(args.lora_name[-1]).name if args.lora_name else args.model_name)
-    defaults = Settings(check_speaker_name("--name", args.name), check_speaker_name("--user", args.user), args.rounds,
-                        args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty,
-                        greedy=args.temperature == 0, pcw=args.pcw)
-    config = server.ServerConfig(defaults, model_id, args.max_tokens_limit, args.max_queue, memory, args.embedder)
-    server.check_config(config)
+    config = server_config(args)
     quiet_libraries(progress_bars=False)
-    model, tokenizer, config.description = load_chat_model(args, lambda message: print(message, file=sys.stderr))
+    cfg = config.defaults
+    model, tokenizer, config.description = load_with_adapters(cfg, cfg.lora_name or [], cfg.lora_scale,
+                                                              lambda message: print(message, file=sys.stderr))
     return server.make_app(server.Engine(model, tokenizer, config)), config
 
 

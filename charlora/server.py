@@ -22,15 +22,16 @@ SillyTavern, Open WebUI and any `openai` client talk to it through
   leaves no half turn behind.
 
 The model is reached only through ChatSession's public API (constructor,
-`.history`, `.say`, `.generate`, `.pcw_parts`, `.count_tokens`, `.budget`) and
-chat.load_chat_model, all in the Engine class below: re-pointing the server at
-another session or reply module changes that class only.
+`.history`, `.say`, `.generate`, `.pcw_parts`, `.count_tokens`, `.budget`),
+all in the Engine class below; serve.py loads it with
+charlora.adapter.load_with_adapters.  A request's settings are the server's
+ChatConfig with the request's user and sampling (a charlora.reply.Sampling)
+put in, checked by charlora.config.check_config as chat.py's flags are.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import time
 import uuid
@@ -42,9 +43,12 @@ from urllib.parse import unquote
 from fastapi import Request  # at module level: FastAPI reads the handlers' (string) annotations from here
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlora.chat import ChatSession, Settings, check_speaker_name, one_line
+from charlora.chat import ChatSession
+from charlora.config import ChatConfig, check_speaker_name, require_finite
+from charlora.config import check_config as check_chat_config
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError
+from charlora.readers.common import one_line
 
 USER_HEADERS = ("x-charlora-user", "x-openwebui-user-name")
 SESSION_HEADER = "x-charlora-session"
@@ -189,9 +193,9 @@ def stream_prefix(text: str, stops: list[str]) -> str:
 
 @dataclass
 class ServerConfig:
-    defaults: Settings
+    defaults: ChatConfig
     """The character (name), the user's name when a request gives none, and
-    the sampling a request does not set: chat.py's Settings, so both agree."""
+    the sampling a request does not set (.sampling): chat.py's ChatConfig, so both agree."""
     model_id: str = "charlora"
     """The id /v1/models lists and requests must name."""
     max_tokens_limit: int = 512
@@ -287,19 +291,21 @@ class Engine:
         self.embedder = None
         self.embedder_loaded = False
 
-    def settings(self, req: Sampling, user: str) -> Settings:
-        d = self.c.defaults
+    def settings(self, req: Sampling, user: str) -> ChatConfig:
+        d = self.c.defaults.sampling
         max_new = req.max_completion_tokens or req.max_tokens or d.max_new_tokens
         if max_new > self.c.max_tokens_limit:
             raise ApiError(400, f"max_tokens is at most {self.c.max_tokens_limit} on this server, got {max_new}",
                            "max_tokens")
         temperature = d.temperature if req.temperature is None else req.temperature
-        return replace(d, user=user, max_new_tokens=max_new, temperature=temperature,
-                       top_p=d.top_p if req.top_p is None else req.top_p,
-                       repetition_penalty=d.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
-                       greedy=temperature == 0)
+        sampling = replace(d, max_new_tokens=max_new, temperature=temperature,
+                           top_p=d.top_p if req.top_p is None else req.top_p,
+                           repetition_penalty=d.repetition_penalty if req.repetition_penalty is None
+                           else req.repetition_penalty,
+                           greedy=temperature == 0)
+        return checked_request(replace(self.c.defaults, user=user, sampling=sampling))
 
-    def session(self, settings: Settings, memory: Any = None) -> ServedSession:
+    def session(self, settings: ChatConfig, memory: Any = None) -> ServedSession:
         try:
             return ServedSession(self.model, self.tokenizer, settings, memory)
         except CharloraError as exc:
@@ -316,7 +322,7 @@ class Engine:
             settings = replace(self.c.memory, session=session_name)
             if not self.embedder_loaded and settings.recall_method != "keyword":
                 self.embedder, self.embedder_loaded = load_embedder(self.c.embedder, print), True
-            count = self.session(Settings(self.c.name, user)).count_tokens
+            count = self.session(replace(self.c.defaults, user=user)).count_tokens
             memory = ChatMemory(MemoryStore(memory_file(settings.memory_dir, self.c.name, user), self.c.name, user),
                                 self.c.name, user, settings, count_tokens=count, embedder=self.embedder,
                                 summarizer=Summarizer(settings.summarizer, self.model, self.tokenizer, count))
@@ -387,7 +393,7 @@ class Engine:
         session.history = [line for line in map(parse_line, prompt.splitlines()) if line is not None]
         if session.budget is not None and session.count_tokens(prompt) > session.budget:
             raise ApiError(400, f"the prompt has {session.count_tokens(prompt)} tokens; with max_tokens "
-                           f"{session.s.max_new_tokens} this model reads at most {session.budget}", "prompt",
+                           f"{session.s.sampling.max_new_tokens} this model reads at most {session.budget}", "prompt",
                            "context_length_exceeded")
         self.seed(req)
         reply, ended_by = session.generate(prompt, Pipe(emit, gone))
@@ -605,16 +611,30 @@ def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def check_config(c: ServerConfig) -> None:
-    """The server's own flags, before any weights are read."""
-    d = c.defaults
-    for flag, value, ok in (("--rounds", d.rounds, d.rounds >= 0), ("--pcw", d.pcw, d.pcw >= 0),
-                            ("--max_new_tokens", d.max_new_tokens, 1 <= d.max_new_tokens <= c.max_tokens_limit),
-                            ("--top_p", d.top_p, 0 < d.top_p <= 1),
-                            ("--temperature", d.temperature, math.isfinite(d.temperature) and d.temperature >= 0),
-                            ("--repetition_penalty", d.repetition_penalty, d.repetition_penalty > 0),
-                            ("--max_queue", c.max_queue, c.max_queue >= 1)):
-        if not ok:
-            raise CharloraError(f"{flag} {value} is out of range")
-    if d.name == d.user:
-        raise CharloraError(f"--user and --name are both {d.name!r}: the user needs a name of their own")
+# A request's field for each flag check_config may name (the request's own
+# fields are range-checked by pydantic first; this is the same rule chat.py's
+# flags meet, so a value the server takes is one chat.py takes).
+REQUEST_FIELDS = {"--max_new_tokens": "max_tokens", "--temperature": "temperature", "--top_p": "top_p",
+                  "--repetition_penalty": "repetition_penalty", "--user": "user"}
+
+
+def checked_request(cfg: ChatConfig) -> ChatConfig:
+    """A request's settings through check_config, a refusal as a 400 naming the request's field."""
+    try:
+        return check_chat_config(cfg)
+    except CharloraError as exc:
+        message = str(exc)
+        flag = message.split(" ", 1)[0]
+        param = REQUEST_FIELDS.get(flag)
+        raise ApiError(400, message.replace(flag, param, 1) if param else message, param) from None
+
+
+def check_config(c: ServerConfig) -> ServerConfig:
+    """The server's own flags, before any weights are read: the chat settings
+    by chat.py's check_config (names normalized), then the server's limits."""
+    c = replace(c, defaults=check_chat_config(c.defaults))
+    d = c.defaults.sampling
+    if d.max_new_tokens > c.max_tokens_limit:
+        raise CharloraError(f"--max_new_tokens {d.max_new_tokens} is over --max_tokens_limit {c.max_tokens_limit}")
+    require_finite("--max_queue", c.max_queue, 1)
+    return c

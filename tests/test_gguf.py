@@ -110,8 +110,7 @@ def test_non_lora_weights_and_other_families_are_refused():
 
 
 def test_the_recorded_base_resolves_elsewhere(tmp_path):
-    from charlora.adapter import base_model_id, record_base
-    from charlora.chat import adapter_base_name
+    from charlora.adapter import adapter_base_name, base_model_id, record_base
 
     assert base_model_id(Path("models/SmolLM2-135M-Instruct")) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     mine = tmp_path / "mymodel"
@@ -139,7 +138,7 @@ def test_every_lora_tensor_names_a_tensor_of_the_real_default_model_gguf():
     import torch
     from gguf import GGUFReader
 
-    from charlora.chat import meta_model
+    from charlora.models import meta_model
     config = json.loads((base / "config.json").read_text())
     model = meta_model(base)
     state = {f"base_model.model.{name}.lora_{ab}.weight": torch.zeros((R, m.in_features) if ab == "A" else (m.out_features, R))

@@ -6,13 +6,18 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import serve
 from charlora.chat import ChatSession, Settings
 from charlora.dialogue import Line
-from charlora.server import ApiError, Message, chat_lines, cut_at_stops, stream_prefix
+from charlora.errors import CharloraError
+from charlora.memory import MemorySettings
+from charlora.server import (ApiError, Message, ServerConfig, chat_lines, check_config, checked_request, cut_at_stops,
+                             stream_prefix)
 from conftest import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +54,30 @@ def test_stop_strings_cut_and_hold_back_exactly():
     assert stream_prefix("the best one. E", ["END", "Eve:"]) == "the best one. "
     assert stream_prefix("the best one. ENDx", ["END"]) == "the best one."
     assert stream_prefix("the best one", []) == "the best one"
+
+
+def test_serve_flags_are_chat_pys_settings():
+    """serve.py's flags fill chat.py's ChatConfig: --temperature 0 is chat.py --greedy's sampling."""
+    args = serve.make_parser().parse_args(["-m", "llama", "-n", " Sir  Toby ", "-u", "Maria", "--temperature", "0",
+                                           "--max_new_tokens", "24", "--memory_dir", "mem", "--recall_method", "keyword"])
+    c = serve.server_config(args)
+    assert c.defaults.sampling == Settings("Bob", "Alice", max_new_tokens=24, greedy=True, temperature=0).sampling
+    assert (c.defaults.name, c.defaults.user, c.defaults.model_name, c.model_id) == ("Sir Toby", "Maria", "llama", "llama")
+    assert c.memory == MemorySettings(memory_dir=Path("mem"), recall_method="keyword")
+    assert serve.server_config(serve.make_parser().parse_args(["-m", "llama", "-n", "Bob"])).memory is None
+
+
+def test_settings_out_of_range_are_refused_as_chat_py_refuses_them():
+    bob = Settings("Bob", "Alice")
+    with pytest.raises(CharloraError, match=r"--top_p must be in \(0, 1\], got 0"):
+        check_config(ServerConfig(replace(bob, sampling=replace(bob.sampling, top_p=0))))
+    with pytest.raises(CharloraError, match="--max_new_tokens 600 is over --max_tokens_limit 512"):
+        check_config(ServerConfig(replace(bob, sampling=replace(bob.sampling, max_new_tokens=600))))
+    with pytest.raises(CharloraError, match="--user and --name are both 'Bob'"):
+        check_config(ServerConfig(Settings("Bob", "Bob")))
+    with pytest.raises(ApiError, match=r"^repetition_penalty must be positive, got 0$") as err:
+        checked_request(replace(bob, sampling=replace(bob.sampling, repetition_penalty=0)))
+    assert (err.value.status, err.value.param) == (400, "repetition_penalty")
 
 
 # ------------------------------------------------------------------ a real server
