@@ -751,7 +751,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         epoch_of = {step: k + 1 for k, (step, _) in enumerate(evals)}
         restored = keeper.restore_best()
         log(f"kept the adapter of epoch {epoch_of.get(best_step, '?')} (step {best_step}, held-out loss {eval_loss:.4f}): "
-            f"the best of {len(evals)} scored epochs" + ("" if restored else ", the last one")
+            f"the best of {len(evals)} scored epoch{'s' if len(evals) > 1 else ''}" + ("" if restored else ", the last one")
             + ("; stopped early" if keeper.stopped_early else ""))
 
     reply_head.handle.remove()
