@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from charlora import cli
 from charlora.errors import CharloraError
 
 
@@ -43,11 +44,10 @@ def export(args: argparse.Namespace) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        out, base = export(args)
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: report(*export(args)))
+
+
+def report(out: Path, base: str) -> int:
     print(f"wrote {out}; use it with: llama-cli -m <{base} as GGUF> --lora {out}")
     return 0
 

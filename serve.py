@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from charlora.errors import CharloraError
+from charlora import cli
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -52,11 +52,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        app, config = build(args)
-    except CharloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: serve(args), interrupted="\nstopped")
+
+
+def serve(args: argparse.Namespace) -> int:
+    app, config = build(args)
     import uvicorn
 
     print(f"serving {config.description} as model {config.model_id!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
