@@ -121,7 +121,7 @@ def prepare(args) -> int:
         if args.report:  # an unknown model is an error before anything is written
             from charlora import models
 
-            models.find_model(models.resolve_dir(None, "models")[0], args.report)
+            report_model = models.find_model(models.resolve_dir(None, "models")[0], args.report)
         names = parse_names(args.name)
         lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
         scrubbing = args.scrub if args.scrub is not None else source.format in CHAT_FORMATS
@@ -153,7 +153,7 @@ def prepare(args) -> int:
         say(f"exported -> {path}")
     if args.report:
         try:
-            for line in report_lines(args.report, samples, lines, name, args.rounds, split, args.cutoff_len):
+            for line in report_lines(report_model, samples, lines, name, args.rounds, split, args.cutoff_len):
                 say(line)
         except CharloraError as exc:
             say(f"error: {exc}", file=sys.stderr)
@@ -161,14 +161,14 @@ def prepare(args) -> int:
     return 0
 
 
-def report_lines(model_name: str, samples, lines, name: str, rounds: int, split: bool, cutoff_len: int) -> list[str]:
+def report_lines(model_path, samples, lines, name: str, rounds: int, split: bool, cutoff_len: int) -> list[str]:
     """The data report with the default held-out slice, as training will print it."""
     from charlora import models
     from charlora.source import Source, data_report
     from charlora.tokens import token_lengths
     from charlora.train import held_out_size
 
-    tokenizer = models.load_tokenizer(models.find_model(models.resolve_dir(None, "models")[0], model_name))
+    tokenizer = models.load_tokenizer(model_path)
     report = data_report(samples, token_lengths(tokenizer, samples), cutoff_len, held_out_size(len(samples), None),
                          Source(name, rounds, split, list(lines)))
     return report.lines(cutoff_len)

@@ -22,29 +22,24 @@ from typing import Any, Callable, Iterable, Sequence
 from charlora.config import EvalConfig
 from charlora.dialogue import Line
 from charlora.pcw import PCW_RECENT
-from charlora.prompt import build_prompt
 from charlora.reply import Sampling, generate_replies, speaks_for_other
-from charlora.samples import context_window
 from charlora.tokens import IGNORE_INDEX, encode_sample
 
 
 def other_speaker_samples(lines: Sequence[Line], name: str, rounds: int) -> list[dict[str, str]]:
-    """Samples for every line *not* by `name`, each prompted with its own speaker."""
-    out = []
-    for i, line in enumerate(lines):
-        if line.speaker is not None and line.speaker != name:
-            out.append({"output": line.text, "input": build_prompt(context_window(lines, i, rounds), line.speaker)})
-    return out
+    """Samples for every line *not* by `name`, each prompted with its own speaker:
+    source.other_samples, which training's --others_weight uses too."""
+    from charlora.source import Source, other_samples
+
+    return other_samples(Source(name, rounds, False, list(lines)), len(lines))
 
 
 def reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, batch_size: int = 8) -> float:
     """Mean cross-entropy per reply token (EOS included), summed over all
     tokens before dividing so long replies weigh by their length."""
-    from transformers import DataCollatorForSeq2Seq
+    from charlora.metrics import mean_loss
 
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    examples = [encode_sample(tokenizer, s["input"], s["output"], cutoff_len) for s in samples]
-    return _mean_label_loss(model, (collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)))
+    return mean_loss(line_losses(model, tokenizer, samples, cutoff_len, batch_size))
 
 
 def pcw_reply_loss(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int, windows: int,

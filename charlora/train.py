@@ -472,9 +472,9 @@ def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, sr
 
     if not (cfg.others_weight > 0 or cfg.contrast_weight > 0):
         return train_samples, None
-    end = src.character_index()[len(train_samples)] if src is not None and held_out else None
+    end = (src.character_index()[len(train_samples)] if held_out else len(src.lines)) if src is not None else 0
     cap = math.floor(cfg.others_ratio * len(train_samples))
-    others = other_samples(src, end if end is not None else len(src.lines), cap=cap) if src is not None else []
+    others = other_samples(src, end, cap=cap) if src is not None else []
     if not others:
         log("note: " + (why_not or "the source has no other speakers' lines") + "; training on the character's lines only")
         return train_samples, None
@@ -483,7 +483,7 @@ def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, sr
         log(f"other speakers: {len(others)} of their lines as extra samples at loss weight {cfg.others_weight:g}")
         train_samples, weights = train_samples + others, weights + [cfg.others_weight] * len(others)
     if cfg.contrast_weight > 0:
-        as_character = other_samples(src, end if end is not None else len(src.lines), cap=cap, as_speaker=src.name)
+        as_character = other_samples(src, end, cap=cap, as_speaker=src.name)
         log(f"contrast: {len(as_character)} other speakers' lines under {src.name}: at unlikelihood weight "
             f"{cfg.contrast_weight:g}")
         train_samples, weights = train_samples + as_character, weights + [-cfg.contrast_weight] * len(as_character)
