@@ -50,6 +50,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast_weight", type=float, default=D.contrast_weight,
                    help="weight, in [0, 1], of an unlikelihood loss on other speakers' lines put under the character's "
                         "name (0: off): teaches what the character would not say; needs <dataset>.source.json")
+    p.add_argument("--pair_weight", type=float, default=D.pair_weight,
+                   help="weight of a preference loss: the adapter's gain over the base must be larger on each of the "
+                        "character's lines than on what another speaker said there, under the character's name (0: "
+                        "off); a second row per sample; needs <dataset>.source.json")
     p.add_argument("--others_ratio", type=float, default=D.others_ratio,
                    help="with --others_weight / --contrast_weight: at most this many other speakers' samples (of each "
                         "kind) per character sample")

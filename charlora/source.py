@@ -16,6 +16,7 @@ training takes:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections import Counter
@@ -105,6 +106,24 @@ def other_samples(src: Source, end: int, cap: int | None = None, as_speaker: str
              "input": build_prompt(context_window(src.lines, i, src.rounds, src.split_scenes),
                                    as_speaker or src.lines[i].speaker)}
             for i in idx]
+
+
+def rival_lines(src: Source, n_train: int, end: int) -> list[str | None]:
+    """For each of the character's first `n_train` lines, what someone else
+    said at that point of the source: the next other speaker's line after it
+    (the answer to it, so not in its context), else the last one before it;
+    only lines before line `end` (nothing from the held-out tail), and never
+    a line whose text is the character's own (None then).  These are the
+    rejected replies of --pair_weight: same prompt, another person's words."""
+    own = src.character_index()[:n_train]
+    other = [i for i, line in enumerate(src.lines[:end]) if line.speaker is not None and line.speaker != src.name]
+    out: list[str | None] = []
+    for i in own:
+        after = bisect.bisect_right(other, i)
+        pick = other[after] if after < len(other) else (other[after - 1] if after else None)
+        text = src.lines[pick].text if pick is not None else None
+        out.append(text if text is not None and text != src.lines[i].text else None)
+    return out
 
 
 @dataclass

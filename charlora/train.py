@@ -88,6 +88,13 @@ class TrainConfig:
     character's `Name:` (0 = off): the adapter learns what the person would
     NOT say in that context, not only what anyone in the text says.  Uses the
     same source lines and --others_ratio cap as --others_weight."""
+    pair_weight: float = 0.0
+    """Weight of a preference loss (0 = off) that asks the adapter's gain over
+    the base to be larger on each of the character's lines than on what
+    another speaker said at that point, under the character's name
+    (charlora.pairs): it learns what sets the person apart.  Costs a second
+    row (the rival line) per character sample and one base-model pass
+    before training."""
     others_ratio: float = 1.0
     """With --others_weight: at most this many other speakers' samples per
     character sample, spread evenly over the source (each costs as much
@@ -173,11 +180,12 @@ class ReplyOnlyHead:
     through any elementwise logit post-processing a family applies.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, eos_id: int | None = None, pair_weight: float = 0.0):
         from charlora.tokens import IGNORE_INDEX
 
         self.ignore = IGNORE_INDEX
         self.keep = None
+        self.eos_id, self.pair_weight, self.pairs = eos_id, pair_weight, None
         head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else model.get_output_embeddings()
         self.handle = head.register_forward_pre_hook(self._select)
 
@@ -186,8 +194,9 @@ class ReplyOnlyHead:
             return None  # generation / evaluation outside training: untouched
         return (args[0][:, :-1][self.keep].unsqueeze(0), *args[1:])
 
-    def arm(self, labels, weights=None) -> None:
+    def arm(self, labels, weights=None, pairs=None) -> None:
         self.keep = labels[:, 1:] != self.ignore
+        self.pairs = pairs  # --pair_weight: which rows pair up (charlora.pairs.collate_with_rivals)
         # one loss weight per kept token: its sample's (--others_weight)
         self.weights = None if weights is None else weights[:, None].expand_as(self.keep)[self.keep]
 
@@ -200,7 +209,7 @@ class ReplyOnlyHead:
         import torch.nn.functional as F
 
         target = labels[:, 1:][self.keep]
-        self.keep = None
+        keep, self.keep = self.keep, None
         if self.weights is None:
             total = F.cross_entropy(outputs.logits[0].float(), target, reduction="sum")
             count = target.numel()
@@ -213,6 +222,12 @@ class ReplyOnlyHead:
             unlikely = -torch.log1p(-torch.exp(-nll.clamp(min=1e-4)))
             total = (torch.where(w < 0, unlikely, nll) * w.abs()).sum()
             count = w.abs().sum()
+            if self.pairs is not None and len(self.pairs):
+                from charlora.pairs import pair_term
+
+                rows = keep.nonzero()[:, 0]
+                total = total + pair_term(nll, target, rows, keep.shape[0], self.pairs.to(nll.device), self.eos_id,
+                                          self.pair_weight)
         return total / (num_items_in_batch if num_items_in_batch is not None else max(1, count))
 
 
@@ -233,7 +248,7 @@ def make_trainer_class():
             self.reply_head = reply_head
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None))
+            self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None), inputs.pop("pairs", None))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -409,6 +424,9 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
         if pcw_windows:
             return pcw_sample(tokenizer, s["input"], s["output"], cutoff_len, pcw_windows, pcw_recent)
         enc = encode_sample(tokenizer, s["input"], s["output"], cutoff_len)
+        if "rival" in s:  # --pair_weight: the same prompt with another speaker's words (charlora.pairs)
+            rival = encode_sample(tokenizer, s["input"], s["rival"], cutoff_len) if s["rival"] else {}
+            enc["rival_input_ids"], enc["rival_labels"] = rival.get("input_ids", []), rival.get("labels", [])
         if s.get("loss_weight", 1.0) < 0 and enc["labels"][-1] == tokenizer.eos_token_id:
             # a line the character did not say: unlikely words, but not an
             # unlikely END, or the adapter would unlearn stopping
@@ -418,7 +436,7 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
     rows = samples if weights is None else [{**s, "loss_weight": w} for s, w in zip(samples, weights)]
     return Dataset.from_list(rows).map(
         encode,
-        remove_columns=["input", "output"],
+        remove_columns=["input", "output"] + (["rival"] if rows and "rival" in rows[0] else []),
         desc="tokenizing",
     )
 
@@ -506,6 +524,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
     check_others_weight(cfg.others_weight, "--others_weight")
     check_others_weight(cfg.contrast_weight, "--contrast_weight")
+    require_finite("--pair_weight", cfg.pair_weight, 0, 100)
     if not 0 <= cfg.warmup < 1:
         raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
     for flag in ("batch_size", "grad_accum", "lora_rank"):
@@ -523,8 +542,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
     if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
         raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
-    if (cfg.others_weight or cfg.contrast_weight) and (cfg.packing or cfg.pcw_windows):
-        raise CharloraError("--others_weight and --contrast_weight can't be combined with --packing or --pcw_windows yet: their collators "
+    if (cfg.others_weight or cfg.contrast_weight or cfg.pair_weight) and (cfg.packing or cfg.pcw_windows):
+        raise CharloraError("--others_weight, --contrast_weight and --pair_weight can't be combined with --packing or --pcw_windows yet: their collators "
                             "carry no per-sample loss weight; drop one of the two")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
@@ -620,7 +639,13 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         log(f"held out: the last {n_eval} samples (scored after every epoch; the best epoch's adapter is kept"
             + (f", training stops after {cfg.early_stop} epoch{'s' if cfg.early_stop > 1 else ''} without a better "
                "one)" if cfg.early_stop else ")"))
+    n_char = len(train_samples)
     train_samples, weights = add_other_speakers(cfg, train_samples, bool(eval_samples), src, why_not, log)
+    if cfg.pair_weight > 0:
+        from charlora.pairs import add_rivals
+
+        train_samples, weights = add_rivals(train_samples, weights, n_char, src, bool(eval_samples), cfg.pair_weight, log)
+    pairs = any(s.get("rival") for s in train_samples)
     for line in data_report(samples, token_lengths(tokenizer, samples), cfg.cutoff_len, n_eval, src).lines(cfg.cutoff_len):
         log(line)
     data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
@@ -628,6 +653,10 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
     model = models.load_model(model_path, quant, dtype, device, cfg.trust_remote_code, cfg.allow_pickle)
+    if pairs:
+        from charlora.pairs import add_reference
+
+        data = add_reference(data, model, tokenizer, train_samples, cfg.cutoff_len)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quant != "none":
@@ -704,7 +733,13 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         pcw_dtype = model.get_input_embeddings().weight.dtype
     collator = make_collator(tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation),
                              pcw_dtype=pcw_dtype)
-    reply_head = ReplyOnlyHead(model)
+    if pairs:
+        from functools import partial
+
+        from charlora.pairs import collate_with_rivals
+
+        collator = partial(collate_with_rivals, collate=collator)
+    reply_head = ReplyOnlyHead(model, tokenizer.eos_token_id, cfg.pair_weight)
     keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from,
                               cfg.pcw_windows, cfg.pcw_recent, cfg.early_stop) if eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)

@@ -9,7 +9,7 @@ import torch
 from charlora import metrics
 from charlora.dialogue import parse_dialogue
 from charlora.metrics import LineLoss
-from charlora.source import (Source, data_report, held_out_count, load_source, other_samples, source_path,
+from charlora.source import (Source, data_report, held_out_count, load_source, other_samples, rival_lines, source_path,
                              source_record)
 
 DIALOGUE = "(Enter)\nAlice:hi\nBob:yo\nCarol:hey there\nBob:bye now\nAlice:ok\n"
@@ -70,6 +70,16 @@ def test_other_samples_are_prompted_with_their_own_speaker_and_stop_at_the_tail(
     # held out from Bob's second line on: nothing at or after it trains
     assert [s["output"] for s in other_samples(src, end=4)] == ["hi", "hey there"]
     assert [s["output"] for s in other_samples(src, end=6, cap=2)] == ["hi", "hey there"]
+
+
+def test_rival_lines_are_the_answer_else_the_line_before_and_never_from_the_tail():
+    src = Source("Bob", 2, False, parse_dialogue(DIALOGUE))
+    assert rival_lines(src, 2, end=6) == ["hey there", "ok"]
+    assert rival_lines(src, 2, end=4) == ["hey there", "hey there"]  # "ok" is in the held-out tail
+    assert rival_lines(src, 1, end=2) == ["hi"]  # no answer before the tail: the line before
+    echo = Source("Bob", 2, False, parse_dialogue("Bob:yo\nAlice:yo\n"))
+    assert rival_lines(echo, 1, end=2) == [None]  # the same words are no rival
+    assert rival_lines(Source("Bob", 2, False, parse_dialogue("Bob:yo\n")), 1, end=1) == [None]
 
 
 def test_source_file_is_used_only_while_it_matches_the_samples(tmp_path):
@@ -160,8 +170,9 @@ def test_other_samples_under_the_characters_name():
     ]
 
 
-def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_path, capsys):
-    import lora_finetune
+@pytest.fixture
+def apples(tmp_path):
+    """A processed dataset (and its source file) of 40 exchanges, Bob answering Alice."""
     import prepare_dataset
 
     dialogue = tmp_path / "apples.txt"
@@ -169,6 +180,13 @@ def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_pat
                                   for i in range(40)) + "\n")
     data = tmp_path / "bob.json"
     assert prepare_dataset.main(["-n", "Bob", "-r", "2", "-t", str(dialogue), "-j", str(data)]) == 0
+    return data
+
+
+def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_path, apples, capsys):
+    import lora_finetune
+
+    data = apples
     assert json.loads(source_path(data).read_text())["lines"][1] == ["Bob", "I have 0 apples for you, Alice.", False]
     capsys.readouterr()
     rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
@@ -183,6 +201,22 @@ def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_pat
     assert "held out: the last 8 samples" in out
     assert "other speakers: 32 of their lines as extra samples at loss weight 0.5" in out
     assert "data: the character speaks 50.0% of the source's lines" in out
+
+
+def test_pair_weight_pairs_each_training_line_with_the_answer_and_changes_the_update(models_dir, tmp_path, apples, capsys):
+    import lora_finetune
+    from safetensors.torch import load_file
+
+    common = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(apples),
+              "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32", "--eval_split", "0"]
+    assert lora_finetune.main(common + ["-l", "plain"]) == 0
+    capsys.readouterr()
+    assert lora_finetune.main(common + ["-l", "paired", "--pair_weight", "1"]) == 0
+    # every one of Bob's 40 lines but the last is answered by Alice's next question; the last by the one before it
+    assert "pairs: 40 of the character's lines against what another speaker said there, at weight 1" in capsys.readouterr().out
+    plain, paired = (load_file(tmp_path / "loras" / n / "adapter_model.safetensors") for n in ("plain", "paired"))
+    assert plain.keys() == paired.keys()
+    assert any(not torch.equal(plain[k], paired[k]) for k in plain)
 
 
 @pytest.mark.parametrize("flag, value", [("--others_weight", "1.5"), ("--others_weight", "nan"),
