@@ -18,6 +18,8 @@ The data's journey, one module per stage:
   evaluate.py  held-out metrics: reply loss, clean endings, speaking for others
   reply.py     the one reply generator: stop rules, speaker rule, EOS cut, streaming, sampling
   chat.py      the conversation (ChatSession) and the terminal loop
+  server.py    the OpenAI-compatible HTTP server (serve.py); openai_api.py its wire format,
+               server_engine.py its generation thread and per-user memory
   config.py    ChatConfig / EvalConfig and check_config: every default and range check
   cli.py       the scripts' shared loading flags and error/exit handling
   pcw.py       Parallel Context Windows: more context than the window (layout, mask, decoding)
