@@ -103,7 +103,20 @@ tags: [lora, charlora, character]
 
 ![loss curve](loss.png)
 
-## The base model
+{card_usage(name, lora, folder, base_id)}
+## Hyper-parameters
+
+| setting | value |
+| --- | --- |
+{rows}
+"""
+    (dest / "README.md").write_text(text, encoding="utf-8")
+
+
+def card_usage(name: str, lora: str, folder: str, base_id: str) -> str:
+    """The adapter card's how-to sections: the base model, chat.py / serve.py /
+    PEFT, text-generation-webui and llama.cpp, with this adapter's names in."""
+    return f"""## The base model
 
 `adapter_config.json` names the base as `{base_id}`, never a local path. Tools
 that load the base themselves take it from wherever your copy is: `-m {folder}`
@@ -146,14 +159,7 @@ with the model's end-of-sequence token.
 python export_gguf.py -l {lora}                                  # -> loras/{lora}/{lora}.gguf
 llama-cli -m {folder}.gguf --lora loras/{lora}/{lora}.gguf       # the base as a GGUF of its own
 ```
-
-## Hyper-parameters
-
-| setting | value |
-| --- | --- |
-{rows}
 """
-    (dest / "README.md").write_text(text, encoding="utf-8")
 
 
 def plot_losses(dest: Path, train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, float]]) -> None:

@@ -205,13 +205,17 @@ def _band(lines, ids, replies, lead, newline, first, last, targets, rounds, cuto
         for key, value in zip(("input_ids", "labels", "position_ids", "hidden", "window_start", "sink"), row):
             out[key].append(value)
 
-    # Tokens before the first reply's window (the start of a line it sees
-    # only in part) are no reply's context: drop them, keeping that line's sink.
     first_kept = window_start[min(targets)]
-    trim, sink = new_index[first_kept], new_index[-(owner[first_kept] + 1)]
+    return _trim_front(out, new_index[first_kept], new_index[-(owner[first_kept] + 1)], len(order))
+
+
+def _trim_front(out: dict, trim: int, sink: int, n: int) -> dict:
+    """Tokens before index `trim` (the start of a line the first reply's
+    window sees only in part) are no reply's context: drop them, keeping that
+    line's sink (index `sink`)."""
     if sink == 0 and trim == 1:
         return out
-    keep = [sink] + list(range(trim, len(order)))
+    keep = [sink] + list(range(trim, n))
     moved = {old: new for new, old in enumerate(keep)}
     for key in ("input_ids", "labels", "position_ids", "hidden"):
         out[key] = [out[key][i] for i in keep]

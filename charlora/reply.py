@@ -335,10 +335,12 @@ def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], name: s
     model would do on its own.  For greedy decoding the reply is the same
     either way.  Prompts go in left-padded batches: on CPU a batch of 8 costs
     little more per step than one prompt, since each step is bound by reading
-    the weights.  In fp32 a batch gives the one-at-a-time replies exactly
-    (tested); in bf16 the padding shifts rounding, and greedy decoding can
-    then pick another token (SmolLM2-135M: 7 of 8 replies identical,
-    bench/batched_replies.py); batch_size=1 is exact.  Processors that read earlier tokens (repetition guards)
+    the weights.  Padding moves the logits a little (other sums, other
+    rounding): in fp32 by ~1e-5, far below the top-2 gaps greedy decoding
+    meets, so a batch gives the one-at-a-time replies (tested; 8 of 8 on
+    SmolLM2-135M) though not by construction; in bf16 by up to ~0.5, and
+    greedy decoding can then pick another token (7 of 8 identical;
+    docs/replies/README.md).  batch_size=1 is exact.  Processors that read earlier tokens (repetition guards)
     would read the padding too, so those settings decode one prompt at a time.
     `stream`: print the (single) reply as it grows.
     """
