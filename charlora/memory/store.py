@@ -236,11 +236,6 @@ class MemoryStore:
         cur = self.db.execute("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
         return cur.lastrowid, name, False
 
-    def sessions(self) -> list[tuple[int, str, int]]:
-        """[(id, name, number of turns)] oldest first."""
-        return list(self.db.execute("SELECT s.id, s.name, COUNT(t.id) FROM sessions s LEFT JOIN turns t "
-                                    "ON t.session_id = s.id GROUP BY s.id ORDER BY s.id"))
-
     # --------------------------------------------------------------- turns
 
     def add_turn(self, session_id: int, line: Line, now: float | None = None) -> int:
