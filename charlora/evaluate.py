@@ -153,6 +153,9 @@ class Report:
     attribution_auc: float | None = None
     """AUC of telling the character's lines from the others' by per-line gain over the base (adapters only)."""
     seed: int | None = None
+    split_losses: dict[str, float] = field(default_factory=dict)
+    """Where the loss is: per text token and per end-of-sequence token, the
+    character's and the others' (metrics.text_loss, metrics.eos_loss)."""
 
     @classmethod
     def of(cls, label: str, character_loss: float, others_loss: float, gens: list[Generation],
@@ -247,7 +250,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
 
     base_char, base_other, base_gens = measure(model)
     b_char, b_other = metrics.mean_loss(base_char), metrics.mean_loss(base_other)
-    reports = [Report.of("base", b_char, b_other, base_gens)]
+    reports = [Report.of("base", b_char, b_other, base_gens, split_losses=loss_split(base_char, base_other))]
     for (name, seed), path in zip(names, paths):
         tuned = attach_adapters(model, [path], [1.0])
         char, other, gens = measure(tuned)
@@ -262,8 +265,15 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
             text_specificity=metrics.specificity(*text_losses) if others else None,
             attribution_auc=metrics.auc(metrics.gains(base_char, char), metrics.gains(base_other, other))
             if others else None,
-            seed=seed))
+            seed=seed, split_losses=loss_split(char, other)))
     return reports
+
+
+def loss_split(char: Sequence, other: Sequence) -> dict[str, float]:
+    from charlora import metrics
+
+    return {"character_text": metrics.text_loss(char), "character_eos": metrics.eos_loss(char),
+            "others_text": metrics.text_loss(other), "others_eos": metrics.eos_loss(other)}
 
 
 def summary(reports: Sequence[Report]) -> dict[str, tuple[float, float]]:

@@ -78,6 +78,12 @@ def text_loss(lines: Sequence[LineLoss]) -> float:
     return sum(x.text_nll for x in lines) / count if count else math.nan
 
 
+def eos_loss(lines: Sequence[LineLoss]) -> float:
+    """Mean NLL of the end-of-sequence token, per line that has one: where a line ends, apart from what it says."""
+    ends = [x.eos_nll for x in lines if x.eos_nll is not None]
+    return sum(ends) / len(ends) if ends else math.nan
+
+
 def gains(base: Sequence[LineLoss], tuned: Sequence[LineLoss]) -> list[float]:
     """Per-line log-likelihood gain per text token (base NLL - adapter NLL);
     lines with no text token are left out."""

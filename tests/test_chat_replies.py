@@ -3,6 +3,8 @@ after training say the same thing for the same prompt and settings; the
 loader every script shares; the configs' refusals and the CLI's exit."""
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -94,7 +96,16 @@ def test_every_script_refuses_pickle_weights_unless_allowed(tmp_path, tiny_token
     eval_flags = [*flags, "-t", str(text), "--generate", "1", "--max_new_tokens", "2", "--others", "0"]
     assert one_error_line(capsys, evaluate.main, eval_flags) == refusal
     assert chat.main([*flags, "-u", "Alice", "--say", "Hi", "--allow_pickle", "--max_new_tokens", "2"]) == 0
-    assert evaluate.main([*eval_flags, "--allow_pickle"]) == 0
+    out = tmp_path / "eval.json"
+    assert evaluate.main([*eval_flags, "--allow_pickle", "--json", str(out)]) == 0
+    base = json.loads(out.read_text())["reports"][0]
+    # Bob's 2 held-out lines, "Hello." and "Two.": the loss split into words and ends recomposes the loss
+    split = base["split_losses"]
+    assert split["others_text"] is None and split["others_eos"] is None  # --others 0: none scored (strict JSON)
+    tok = tiny_tokenizers["llama-like"]
+    text_tokens = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in ("Hello.", "Two."))
+    assert (split["character_text"] * text_tokens + 2 * split["character_eos"]) / (text_tokens + 2) == \
+        pytest.approx(base["character_loss"], rel=1e-6)
 
 
 def test_a_tokenizer_from_another_model_is_refused(tmp_path, tiny_tokenizers, capsys):

@@ -48,6 +48,8 @@ def test_mean_loss_gains_and_specificity_exact():
     assert metrics.mean_loss(tuned) == pytest.approx(6.5 / 6)
     assert metrics.gains(base, tuned) == [1.0, 0.5]  # per text token, EOS left out
     assert metrics.text_loss(base) == pytest.approx(10.0 / 5)
+    assert metrics.eos_loss(base) == 2.0 and metrics.eos_loss(tuned) == 0.5  # per line that has one
+    assert math.isnan(metrics.eos_loss([LineLoss(1.0, 1, None)]))
     assert metrics.specificity(4.0, 3.0, 5.0, 4.5) == pytest.approx(0.25 - 0.1)
     assert metrics.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
