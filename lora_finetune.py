@@ -44,6 +44,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--early_stop", type=int, default=D.early_stop,
                    help="with a held-out slice, stop after this many epochs without a better held-out loss (0: run all "
                         "--epochs, which is otherwise the most that may run)")
+    p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=D.retrain,
+                   help="with a held-out slice, once the best epoch is known, train again from the start for that many "
+                        "epochs so the learning rate decays to 0 by then (costs those epochs again)")
     p.add_argument("--others_weight", type=float, default=D.others_weight,
                    help="loss weight, in [0, 1], of other speakers' lines as extra samples (0: off); needs the "
                         "<dataset>.source.json that prepare_dataset.py writes beside the dataset")

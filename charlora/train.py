@@ -142,7 +142,7 @@ def load_lora_model(cfg: TrainConfig, model_path: Path, base: Base, target_modul
     from charlora import models
 
     model = models.load_model(model_path, base.quant, base.dtype, base.device, cfg.trust_remote_code, cfg.allow_pickle)
-    if data.paired:  # the base model's view of each pair, before LoRA exists
+    if data.paired and "pair_ref" not in data.rows.column_names:  # the base model's view of each pair, before LoRA exists
         from charlora.pairs import add_reference
 
         data.rows = add_reference(data.rows, model, base.tokenizer, data.paired, cfg.cutoff_len)
@@ -322,6 +322,45 @@ def finish_run(cfg: TrainConfig, plan: Plan, base: Base, setup: Setup, data: Dat
     return result, record, logged
 
 
+def retrain_length(history: list[tuple[int, float]], best_step: int, epochs: float) -> int | None:
+    """--retrain: how many epochs to train again for - the number of the epoch
+    kept, when that is short of the planned --epochs (its learning rate had
+    not decayed yet); None when the kept epoch was the last planned one."""
+    kept = next((k + 1 for k, (step, _) in enumerate(history) if step == best_step), None)
+    return kept if kept is not None and kept < epochs else None
+
+
+def retrain(cfg: TrainConfig, epochs: int, plan: Plan, base: Base, data: Data, setup: Setup, first: dict,
+            character: str, main_process: bool, log):
+    """The second pass of --retrain: a fresh LoRA trained for `epochs` with
+    the schedule fitted to them.  (model, setup, result, record, logged) as
+    the first pass gives them; the record keeps the first pass's scores."""
+    from dataclasses import replace
+
+    from transformers import set_seed
+
+    from charlora import checkpoints
+
+    log(f"retraining from the start for the {epochs} epoch{'s' if epochs > 1 else ''} kept, the learning rate "
+        "decaying to 0 over them (--retrain)")
+    setup.reply_head.handle.remove()
+    again = replace(cfg, epochs=epochs, early_stop=0, retrain=False)
+    plan = replace(plan, settings={**plan.settings, "epochs": epochs, "early_stop": 0, "retrain": False}, resume_from=None)
+    set_seed(cfg.seed)  # the same initial LoRA and data order as a direct `-e {epochs}` run
+    model = load_lora_model(again, plan.model_path, base, plan.target_modules, data, log)
+    setup = build_trainer(again, plan, base, model, data, main_process, log)
+    try:
+        run, seconds = run_trainer(setup, plan, main_process)
+    except checkpoints.Interrupted as exc:
+        raise checkpoints.Interrupted(f"{exc} -e {epochs} --early_stop 0 --no-retrain (this was the retraining pass)") from None
+    result, record, logged = finish_run(again, plan, base, setup, data, run, seconds, character, log)
+    record.update(config=asdict(cfg), retrained_epochs=epochs, train_seconds=round(first["train_seconds"] + seconds, 1),
+                  first_pass={k: first[k] for k in ("eval_losses", "kept_step", "stopped_early", "optimizer_steps",
+                                                    "train_losses", "train_seconds")})
+    result.seconds += first["train_seconds"]
+    return model, setup, result, record, logged
+
+
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     """Train, keep the best epoch and save loras/<lora_name>; the stages above, in order."""
     from charlora.adapter import character_name
@@ -348,6 +387,11 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     setup = build_trainer(cfg, plan, base, model, data, main_process, log)
     run, seconds = run_trainer(setup, plan, main_process)
     result, record, logged = finish_run(cfg, plan, base, setup, data, run, seconds, character_name(samples), log)
+    length = (retrain_length(setup.keeper.history, record["kept_step"], cfg.epochs)
+              if cfg.retrain and setup.keeper and cfg.max_steps <= 0 else None)
+    if length:
+        model, setup, result, record, logged = retrain(cfg, length, plan, base, data, setup, record,
+                                                       character_name(samples), main_process, log)
     setup.reply_head.handle.remove()
     model.config.use_cache = True
     if not main_process:

@@ -68,6 +68,12 @@ class TrainConfig:
     at lr 1e-3 the held-out loss climbs steeply once past its best (Falstaff,
     seed 42: 3.98, 3.94, 4.05, 4.29 over epochs 1-4), so a second stale epoch
     bought nothing but time."""
+    retrain: bool = False
+    """With a held-out slice, once the best epoch is known: train again from
+    the start (same seed, same samples) for just that many epochs, so the
+    learning rate has decayed to 0 by the end instead of being cut off at
+    its height; the second adapter is the one saved.  Costs the kept epochs
+    once more."""
     others_weight: float = 0.0
     """Loss weight of other speakers' lines (0 = off), relative to the
     character's 1.  They come from <dataset>.source.json, which

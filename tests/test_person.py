@@ -292,3 +292,34 @@ def test_training_flags_out_of_range_are_refused_before_anything_loads(changes, 
     with pytest.raises(CharloraError) as err:
         check_train_config(TrainConfig(**changes))
     assert str(err.value) == message
+
+
+def test_retrain_length_is_the_kept_epoch_when_the_schedule_was_cut_short():
+    from charlora.train import retrain_length
+
+    history = [(18, 3.98), (36, 3.94), (54, 4.05)]
+    assert retrain_length(history, 36, epochs=10) == 2
+    assert retrain_length(history, 54, epochs=3) is None  # the last planned epoch: its rate had decayed
+    assert retrain_length(history, 18, epochs=3) == 1
+    assert retrain_length([], 0, epochs=10) is None
+
+
+def test_retraining_pass_equals_a_direct_run_of_the_kept_length(models_dir, tmp_path, apples, capsys, monkeypatch):
+    import lora_finetune
+    from safetensors.torch import load_file
+
+    from charlora import train as train_module
+
+    common = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(apples),
+              "--sample_replies", "0", "--dtype", "fp32", "--seed", "7"]
+    assert lora_finetune.main(common + ["-l", "direct", "-e", "1"]) == 0
+    # whatever epoch the tiny model keeps, make the second pass run for 1 epoch
+    monkeypatch.setattr(train_module, "retrain_length", lambda history, step, epochs: 1)
+    capsys.readouterr()
+    assert lora_finetune.main(common + ["-l", "twice", "-e", "2", "--early_stop", "0", "--retrain"]) == 0
+    assert "retraining from the start for the 1 epoch kept, the learning rate decaying to 0 over them" in capsys.readouterr().out
+    direct, twice = (load_file(tmp_path / "loras" / n / "adapter_model.safetensors") for n in ("direct", "twice"))
+    assert direct.keys() == twice.keys() and all(torch.equal(direct[k], twice[k]) for k in direct)
+    record = json.loads((tmp_path / "loras" / "twice" / "charlora_config.json").read_text())
+    assert record["retrained_epochs"] == 1 and record["config"]["epochs"] == 2
+    assert len(record["first_pass"]["eval_losses"]) == 2 and len(record["eval_losses"]) == 1
