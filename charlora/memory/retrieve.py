@@ -50,11 +50,10 @@ CANDIDATES = 100
 # RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
 RRF_K = 60
 # hybrid relevance = w x keyword + (1 - w) x embedding, w = this x the best keyword match's
-# coverage of the query (adaptive_weight).  On 45 conversations of the tuning split (bench/memory.py
-# --split tune --conversations 30, and --seed 1 --conversations 15) recall@5 was 0.911 and the
-# worst kind 0.005 below its best single ranking, against 0.906 and 0.028 below (paraphrase) for
-# the fixed 0.4 it replaces; 0.4-0.6 with the coverage scaled to reach the full weight at 0.6-1.0
-# of the query all scored 0.909-0.911, and this is the simplest of them (docs/benchmarks.md).
+# coverage of the query (adaptive_weight).  On 45 conversations of the tuning split
+# (docs/memory/tune30.json + tune_seed1.json) recall@5 was 0.911 and paraphrase 0.004 below
+# embedding-only, against 0.906 and 0.028 below for the fixed 0.4 it replaces; 0.4 x coverage
+# lost 1.3 points of multi-hop, 0.6 x coverage tied at 0.911 and was 0.007 below (docs/benchmarks.md).
 KEYWORD_WEIGHT = 0.5
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
