@@ -57,11 +57,14 @@ from charlora.prompt import build_prompt  # noqa: E402
 DAY = 86400.0
 # name -> retrieve() arguments; the first is chat's default.
 VARIANTS = {
-    "chat default (hybrid, weighted 0.4)": {},
+    "chat default (hybrid, adaptive 0.5 x coverage)": {},
     "keyword only": {"method": "keyword"},
     "embedding only": {"method": "embedding"},
-    "hybrid, weighted 0.2": {"keyword_weight": 0.2},
-    "hybrid, weighted 0.6": {"keyword_weight": 0.6},
+    "hybrid, adaptive 0.4 x coverage": {"keyword_weight": 0.4},
+    "hybrid, adaptive 0.6 x coverage": {"keyword_weight": 0.6},
+    "hybrid, fixed 0.4 (the previous default)": {"keyword_weight": 0.4, "adaptive": False},
+    "hybrid, fixed 0.2": {"keyword_weight": 0.2, "adaptive": False},
+    "hybrid, fixed 0.6": {"keyword_weight": 0.6, "adaptive": False},
     "hybrid, RRF (k=60)": {"fusion": "rrf"},
     "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
     "hybrid, recency 0.1 (7-day half-life)": {"recency_weight": 0.1},

@@ -57,7 +57,8 @@ class MemorySettings:
     recall_k: int = 5               # at most this many recalled items
     # Relevance in [0, 1] a recalled item needs.  0.2: on bench/memory.py's tuning split the
     # prompt held all evidence for 0.90 of questions at 0.2 and 0.1, 0.78 at 0.3 (paraphrased
-    # evidence scores 0.6 x a cosine of ~0.4 with no keyword part).
+    # evidence scored 0.6 x a cosine of ~0.4 with no keyword part under the fixed keyword weight
+    # 0.4 of then; the adaptive weight leaves it ~0.9 x the cosine).
     recall_threshold: float = 0.2
     recall_method: str = "hybrid"   # keyword, embedding or hybrid (keyword when no embedder)
     recency_weight: float = RECENCY_WEIGHT  # score x (1 + this) for a memory said just now, halving every half-life

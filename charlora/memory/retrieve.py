@@ -14,9 +14,14 @@ Two rankings, each over turns and summaries together:
   sit in memory (store.VectorCache): one matrix-vector product a recall.
 
 hybrid (fusion="weighted", the default) adds the two relevances, both in
-[0, 1]: KEYWORD_WEIGHT x keyword + the rest x embedding, where the keyword
-relevance counts only for a candidate whose words said (not just its
-speaker) share a word with the query.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+[0, 1]: w x keyword + (1 - w) x embedding, where the keyword relevance counts
+only for a candidate whose words said (not just its speaker) share a word
+with the query, and w adapts to the query (adaptive_weight): KEYWORD_WEIGHT
+times the share of the query's content words that the best keyword match's
+words hold.  A fixed w let one shared word ("Which football club..." ->
+"My book club picked Emma") lift wrong lines over the paraphrase the
+embedding found; when the keyword side explains little of the question, it
+now weighs little.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
 of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
 by 0.2 recall@5: a ranking that is noise for a question (keyword for a
 paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
@@ -44,10 +49,12 @@ KEYWORD_HALF = 5.0
 CANDIDATES = 100
 # RRF's constant, the usual value from Cormack et al. 2009 (fusion="rrf" only).
 RRF_K = 60
-# hybrid relevance = this x keyword + the rest x embedding.  On 4 conversations of the
-# tuning split 0.3, 0.4 and 0.5 tied (recall@5 0.894-0.895), 0.6 and 0.7 lost
-# (0.859, 0.834): 0.4, the middle of the flat part.
-KEYWORD_WEIGHT = 0.4
+# hybrid relevance = w x keyword + (1 - w) x embedding, w = this x the best keyword match's
+# coverage of the query (adaptive_weight).  On 45 conversations of the tuning split
+# (docs/memory/tune30.json + tune_seed1.json) recall@5 was 0.911 and paraphrase 0.004 below
+# embedding-only, against 0.906 and 0.028 below for the fixed 0.4 it replaces; 0.4 x coverage
+# lost 1.3 points of multi-hop, 0.6 x coverage tied at 0.911 and was 0.007 below (docs/benchmarks.md).
+KEYWORD_WEIGHT = 0.5
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
 DAY = 86400.0
@@ -84,6 +91,12 @@ def coverage(query: str, text: str) -> float:
     return sum(any(_same_word(w, h) for h in have) for w in wanted) / len(wanted)
 
 
+def adaptive_weight(keyword_weight: float, best_coverage: float) -> float:
+    """The keyword side's weight for one query: `keyword_weight` x the share of the
+    query's content words that its best keyword match holds (0 without one)."""
+    return keyword_weight * min(1.0, max(0.0, best_coverage))
+
+
 def rrf(rankings: Iterable[list], k: int = RRF_K) -> dict:
     """Reciprocal-rank fusion: {item: sum of 1 / (k + rank)} over the rankings (rank 1 = best)."""
     fused: dict = {}
@@ -113,8 +126,10 @@ def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
 def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: Embedder | None = None,
              exclude_turns: Iterable[int] = (), exclude_summaries: Iterable[int] = (), k: int = 5,
              threshold: float = 0.0, recency_weight: float = RECENCY_WEIGHT, half_life_days: float = 7.0,
-             now: float | None = None, fusion: str = "weighted", keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
-    """The best `k` memories for `query`, best first."""
+             now: float | None = None, fusion: str = "weighted", keyword_weight: float = KEYWORD_WEIGHT,
+             adaptive: bool = True) -> list[Hit]:
+    """The best `k` memories for `query`, best first.  adaptive=False: the hybrid's
+    keyword weight is `keyword_weight` for every query (the rule before adaptive_weight)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     if fusion not in FUSIONS:
@@ -140,12 +155,16 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
     said: set[tuple[str, int]] = set()  # candidates whose words (not only their speaker) match the query
+    best_coverage = 0.0  # of the query, by the words (not the speaker) of the best keyword match
     for (kind, ref), bm25 in keyword.items():
         speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
                          else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
         keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
-        if coverage(query, text) > 0:
+        share = coverage(query, text)
+        if share > 0:
             said.add((kind, ref))
+            best_coverage = max(best_coverage, share)
+    weight = adaptive_weight(keyword_weight, best_coverage) if adaptive else keyword_weight
     order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
     fused = rrf([order(keyword), order(dense)]) if fusion == "rrf" else {}
     hits = []
@@ -158,7 +177,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
             # above the paraphrase the embedding found.  With a word said, the name
             # sharpens (Caroline's sister, not Melanie's).
             kw = kw if key in said else 0.0
-            relevance = score = keyword_weight * kw + (1 - keyword_weight) * emb
+            relevance = score = weight * kw + (1 - weight) * emb
         elif method == "hybrid":
             relevance, score = max(kw, emb), fused[key]
         else:
