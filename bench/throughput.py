@@ -130,6 +130,9 @@ def charlora_config(name: str, a, loras_dir: str):
                        lora_name="bench", epochs=s["epochs"], batch_size=s["batch_size"], grad_accum=s["grad_accum"],
                        cutoff_len=s["cutoff_len"], learning_rate=s["learning_rate"], warmup=s["warmup"],
                        seed=s["seed"], sample_replies=0, lora_rank=LORA["r"], lora_alpha=LORA["lora_alpha"],
+                       # every sample trains, as in the peers: the default held-out tail would train
+                       # on 90% of them (while real_tokens counts all) and add its scoring to the time
+                       eval_split=0,
                        lora_dropout=v.lora_dropout, target_modules=LORA["target_modules"],
                        gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free",
                        quantization="8bit" if v.quantization == "8bit" else "auto")
@@ -180,7 +183,8 @@ def effective_settings(name: str, a) -> dict:
         return dict(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                     target_modules=c.target_modules, gradient_checkpointing=c.gradient_checkpointing,
                     grad_accum=c.grad_accum, batch_size=c.batch_size, epochs=c.epochs, learning_rate=c.learning_rate,
-                    warmup=c.warmup, dataset=c.dataset_name, cutoff_len=c.cutoff_len, seed=c.seed)
+                    warmup=c.warmup, dataset=c.dataset_name, cutoff_len=c.cutoff_len, seed=c.seed,
+                    every_sample_trains=c.eval_split == 0)
     lora = peer_lora(name)
     args = peer_args(name, a, "bf16", gpu=False, output_dir=tempfile.mkdtemp())
     checkpointing = args.activation_checkpointing or v.quantization == "8bit"  # kbit preparation turns it on
@@ -188,7 +192,8 @@ def effective_settings(name: str, a) -> dict:
                 target_modules=lora.target_modules, gradient_checkpointing=checkpointing,
                 grad_accum=args.gradient_accumulation_steps, batch_size=args.per_device_train_batch_size,
                 epochs=args.num_train_epochs, learning_rate=args.learning_rate, warmup=args.warmup_steps,
-                dataset=shared_settings(a)["dataset"], cutoff_len=shared_settings(a)["cutoff_len"], seed=args.seed)
+                dataset=shared_settings(a)["dataset"], cutoff_len=shared_settings(a)["cutoff_len"], seed=args.seed,
+                every_sample_trains=True)  # the peers hold nothing out
 
 
 # Dense bf16 peak of one GPU, for model FLOPs utilization (vendor figures, no sparsity).
@@ -266,7 +271,7 @@ def run_charlora(variant: str, a, counter_box: list) -> dict:
     models.load_model = counted_load
     with tempfile.TemporaryDirectory() as loras:
         result = train(charlora_config(variant, a, loras), log=lambda *_: None)
-    # every sample, every epoch: train() drops none
+    # every sample, every epoch: eval_split=0, so train() holds none out and drops none
     return {"seconds": result.seconds, "train_loss": result.train_loss, "steps": result.optimizer_steps,
             "kept_samples": None}
 

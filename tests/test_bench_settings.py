@@ -30,7 +30,7 @@ def bench():
 ARGS = Namespace(dataset="runs/play.json", model="SmolLM2-135M-Instruct", models_dir="models", epochs=1,
                  batch_size=4, cutoff_len=256, seed=42)
 SHARED = ("r", "lora_alpha", "lora_dropout", "target_modules", "grad_accum", "batch_size", "epochs",
-          "learning_rate", "warmup", "dataset", "cutoff_len", "seed")
+          "learning_rate", "warmup", "dataset", "cutoff_len", "seed", "every_sample_trains")
 
 
 @pytest.fixture(scope="module")
