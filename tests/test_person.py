@@ -323,3 +323,12 @@ def test_retraining_pass_equals_a_direct_run_of_the_kept_length(models_dir, tmp_
     record = json.loads((tmp_path / "loras" / "twice" / "charlora_config.json").read_text())
     assert record["retrained_epochs"] == 1 and record["config"]["epochs"] == 2
     assert len(record["first_pass"]["eval_losses"]) == 2 and len(record["eval_losses"]) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "1000"])
+def test_out_of_range_pair_weight_is_a_one_line_error(value, tiny_dataset, capsys):
+    import lora_finetune
+
+    assert lora_finetune.main(["-m", "llama", "-d", str(tiny_dataset), "--pair_weight", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --pair_weight must be ") and err[0].endswith(f"got {float(value)}")
