@@ -116,6 +116,16 @@ class TrainConfig:
     sample; sdpa runs without its flash kernels.  Not with --packing."""
     pcw_recent: int = 2
     """With pcw_windows: context lines kept next to the reply, outside the windows."""
+    banded: bool = False
+    """Line-banded attention (charlora.banded): a run of consecutive lines is one
+    sequence with every reply in it labeled, and a 4D mask lets each reply see
+    only its own --rounds window, so shared context is computed once, not in
+    every sample that holds it.  A step holds about as many replies as a
+    per-sample step (one band a forward, bands accumulated); held-out scoring
+    stays per sample.  Exact for one layer; deeper, a context token reads its
+    own window, up to --rounds lines further back than inside a sample.  Off by
+    default: docs/benchmarks.md, "Line-banded attention", has its quality and
+    speed.  Not with --packing, --pcw_windows, --others_weight or --contrast_weight."""
     save_steps: int = 0
     """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
     (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
@@ -423,7 +433,7 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
     )
 
 
-def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, pcw_dtype=None):
+def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, pcw_dtype=None, banded: bool = False):
     """Batches of encoded samples: padded per batch, or packed into one row.
 
     Packed: the batch's samples are concatenated without padding and their
@@ -432,13 +442,18 @@ def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, 
     sequence boundaries), so no token attends across samples and the loss is
     the padded batch's (tests/test_packing.py) while no compute goes to padding.
     pcw_dtype: the samples are in PCW layout; pad them and build their 4D
-    masks in this dtype (the one attention runs in).
+    masks in this dtype (the one attention runs in); with banded, they are
+    charlora.banded's bands.
     """
+    from functools import partial
+
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    if pcw_dtype is not None:
-        from functools import partial
+    if banded:
+        from charlora.banded import collate_banded
 
+        return partial(collate_banded, pad_token_id=tokenizer.pad_token_id, dtype=pcw_dtype)
+    if pcw_dtype is not None:
         from charlora.pcw import collate_pcw
 
         return partial(collate_pcw, pad_token_id=tokenizer.pad_token_id, padding_side="right", dtype=pcw_dtype)
@@ -526,6 +541,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     if (cfg.others_weight or cfg.contrast_weight) and (cfg.packing or cfg.pcw_windows):
         raise CharloraError("--others_weight and --contrast_weight can't be combined with --packing or --pcw_windows yet: their collators "
                             "carry no per-sample loss weight; drop one of the two")
+    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight):
+        raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight or "
+                            "--contrast_weight: a band has its own layout and one loss weight; drop one of them")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
                             "each sample's window mask; drop one of the two")
@@ -623,7 +641,14 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     train_samples, weights = add_other_speakers(cfg, train_samples, bool(eval_samples), src, why_not, log)
     for line in data_report(samples, token_lengths(tokenizer, samples), cfg.cutoff_len, n_eval, src).lines(cfg.cutoff_len):
         log(line)
-    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
+    band_args = {}
+    if cfg.banded:
+        from charlora.banded import banded_training
+
+        data, band_args = banded_training(train_samples, tokenizer, cfg.cutoff_len, cfg.batch_size, cfg.grad_accum,
+                                          cfg.neftune_noise_alpha)
+    else:
+        data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
 
@@ -648,7 +673,9 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     # Under torchrun / accelerate launch every process takes its own batches.
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(math.ceil(len(data) / (cfg.batch_size * world)) / cfg.grad_accum)
+    batch_size = band_args.get("per_device_train_batch_size", cfg.batch_size)
+    grad_accum = band_args.get("gradient_accumulation_steps", cfg.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(data) / (batch_size * world)) / grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     save_steps = cfg.save_steps if cfg.save_steps > 0 else max(1, total_steps // 10)
     work_dir = dest.with_name(f".{dest.name}.partial")
@@ -657,7 +684,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         if not cfg.resume:
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # --overwrite: an old run's checkpoints go
         checkpoints.record_run(ckpt_dir, settings)
-    args = TrainingArguments(
+    args = TrainingArguments(**{**dict(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -689,7 +716,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         disable_tqdm=not main_process,
         # PCW's "segments" column becomes the collator's mask; "loss_weight" goes to the loss
         remove_unused_columns=not (cfg.pcw_windows or weights),
-    )
+    ), **band_args})  # --banded: one band a forward, bands_per_step a step, its NEFTune scale
     packing = cfg.packing and models.supports_packing(model)
     if cfg.packing and not packing:
         log("note: this model family does not keep packed samples apart; padding per batch instead of --packing")
@@ -697,22 +724,26 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     # memory, and transformers ignores packed positions while one exists.
     model.config.use_cache = False
     pcw_dtype = None
-    if cfg.pcw_windows:
+    if cfg.pcw_windows or cfg.banded:
         from charlora.pcw import check_attention
 
         check_attention(model)
         pcw_dtype = model.get_input_embeddings().weight.dtype
     collator = make_collator(tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation),
-                             pcw_dtype=pcw_dtype)
+                             pcw_dtype=pcw_dtype, banded=cfg.banded)
     reply_head = ReplyOnlyHead(model)
     keeper = make_best_keeper(model, tokenizer, eval_samples, cfg.cutoff_len, log, resume_from,
                               cfg.pcw_windows, cfg.pcw_recent, cfg.early_stop) if eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=collator,
                                    reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []) + [guards.make_divergence_guard()])
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    log(f"training on {len(data)} samples ({len(eval_samples)} held out), {total_steps} optimizer steps of "
-        f"{per_step} samples ({cfg.batch_size} a batch x {cfg.grad_accum} accumulated x {world} process"
+    per_step = batch_size * grad_accum * world
+    unit = "bands" if cfg.banded else "samples"
+    if cfg.banded:
+        log(f"banded: {len(train_samples)} replies in {len(data)} bands of up to "
+            f"{max(len(row) for row in data['input_ids'])} tokens")
+    log(f"training on {len(data)} {unit} ({len(eval_samples)} held out), {total_steps} optimizer steps of "
+        f"{per_step} {unit} ({batch_size} a batch x {grad_accum} accumulated x {world} process"
         f"{'es' if world > 1 else ''}); checkpoints every {save_steps} steps in {ckpt_dir}")
     if resume_from is not None:
         log(f"resuming from {resume_from}")
@@ -768,7 +799,9 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
               "train_loss_steps": [step for step, _ in logged], "mean_train_loss": run.training_loss,
               "eval_losses": evals, "eval_loss": eval_loss, "kept_step": best_step,
               "stopped_early": bool(keeper and keeper.stopped_early),
-              "packing": packing, "pcw_windows": cfg.pcw_windows, "world_size": world, "samples_per_step": per_step,
+              "packing": packing, "pcw_windows": cfg.pcw_windows, "world_size": world,
+              "samples_per_step": cfg.batch_size * cfg.grad_accum * world,  # --banded: the replies a step aims at
+              **({"bands": len(data), "bands_per_step": per_step} if cfg.banded else {}),
               "train_seconds": round(seconds, 1)}
     card = adapter.character_card(character, samples, lambda text: len(tokenizer(text)["input_ids"]))
     try:
