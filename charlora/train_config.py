@@ -1,0 +1,209 @@
+"""Settings of a training run (lora_finetune.py): `TrainConfig`, one field per
+flag with its reason, and `check_train_config`, the pure range check that
+refuses a bad flag in one line before anything is read or loaded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from charlora.errors import CharloraError
+
+DEFAULT_EVAL_SPLIT = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; saved as charlora_config.json next to the adapter."""
+
+    dataset_name: str = "processed_dataset.json"
+    """Processed dataset written by prepare_dataset.py."""
+    model_name: str = "pygmalion-6b"
+    """Folder name under the models folder."""
+    lora_name: str = "lora_test"
+    """Adapter folder name under the loras folder."""
+    batch_size: int = 4
+    """Samples per forward pass (per device)."""
+    epochs: float = 10
+    """Passes over the dataset."""
+    cutoff_len: int = 256
+    """Longest sample in tokens; longer ones lose the start of their context."""
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    """0, not the original 0.05: dropout makes PEFT copy each LoRA layer's input
+    (7 per block, in fp32), which on SmolLM2-135M / CPU cost ~700 MB of peak
+    memory and about half the step time, while NEFTune already regularizes.
+    Measured (Falstaff, 4 epochs, seed 42): held-out loss -5.3% -> -5.2%,
+    clean endings 38/40 -> 38/40, 720 s at 2 threads -> 608 s at 1 thread."""
+    learning_rate: float = 1e-3
+    """1e-3, not the original 3e-4: measured on SmolLM2-135M, 150 lines, 4 epochs,
+    3e-4 on q/v left 0/40 greedy replies ending by EOS, 1e-3 on all linear layers 36/40."""
+    grad_accum: int = 2
+    """Micro-batches per optimizer step (the original's 2)."""
+    warmup: float = 0.05
+    """Warm-up as a share of all optimizer steps: the original fixed 60 steps
+    outlasted a whole 38-step run, so the peak rate was never reached."""
+    target_modules: str = "all-linear"
+    """'all-linear' (PEFT's rule: every linear layer but the output head),
+    'default' (PEFT's per-architecture attention map, q/v for LLaMA), or a comma list."""
+    quantization: str = "auto"
+    """auto|8bit|4bit|none; auto loads 8-bit only when 16-bit weights won't fit."""
+    dtype: str = "auto"
+    """auto|bf16|fp16|fp32 for the base weights and autocast."""
+    eval_split: float | None = None
+    """Share of samples held out, taken from the END of the dataset (the last
+    scenes, the newest messages): consecutive samples share context lines, so a
+    randomly held-out line would sit in its neighbours' contexts.  Their reply
+    loss is measured after every epoch, with the metric evaluate.py reports,
+    and the adapter of the best epoch is the one saved.  None (the default):
+    0.1, when that leaves at least source.MIN_HELD_OUT held out and
+    source.MIN_TRAIN to train on; 0 turns it off.  Measured at the original
+    `-e 10` (docs/benchmarks.md): without it the Falstaff adapter ends worse
+    than the base model on his lines in another play."""
+    early_stop: int = 1
+    """With a held-out slice: stop after this many scored epochs without a new
+    best (0 = run every epoch).  --epochs is then the most that may run.  1:
+    at lr 1e-3 the held-out loss climbs steeply once past its best (Falstaff,
+    seed 42: 3.98, 3.94, 4.05, 4.29 over epochs 1-4), so a second stale epoch
+    bought nothing but time."""
+    others_weight: float = 0.0
+    """Loss weight of other speakers' lines (0 = off), relative to the
+    character's 1.  They come from <dataset>.source.json, which
+    prepare_dataset.py writes beside the samples; each is prompted with its
+    own speaker's name, so the adapter learns the world's language from
+    everyone and the person from the person."""
+    contrast_weight: float = 0.0
+    """Weight of an unlikelihood loss on other speakers' lines prompted with the
+    character's `Name:` (0 = off): the adapter learns what the person would
+    NOT say in that context, not only what anyone in the text says.  Uses the
+    same source lines and --others_ratio cap as --others_weight."""
+    others_ratio: float = 1.0
+    """With --others_weight: at most this many other speakers' samples per
+    character sample, spread evenly over the source (each costs as much
+    compute as a character sample)."""
+    seed: int = 42
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run all epochs)."""
+    neftune_noise_alpha: float = 5.0
+    """NEFTune: uniform noise on the input embeddings while training (0 = off),
+    a regularizer against memorizing a small dataset.  Measured (SmolLM2-135M,
+    Falstaff, 4 epochs, lr 1e-3): held-out loss -4.6% -> -5.3% and clean greedy
+    endings 35/40 -> 38/40 (docs/benchmarks.md)."""
+    packing: bool = False
+    """Padding-free batches: a micro-batch's samples concatenated into one row
+    with restarting position ids, so no compute goes to padding.  Same loss as
+    padded batches (tested); falls back to padding on families whose masks
+    ignore position ids (OPT)."""
+    pcw_windows: int = 0
+    """Train on Parallel Context Windows (0 = off): each sample's older context
+    is split into this many windows that share one position range and see only
+    themselves, while the last pcw_recent lines and the reply see them all
+    (charlora.pcw).  Inference-only PCW degrades past about 3 windows
+    (Ratner et al. 2023); training on the layout teaches the adapter to read
+    it.  Costs: every context token is still computed (a sample is longer than
+    cutoff_len, which now bounds positions), plus a dense (T x T) mask per
+    sample; sdpa runs without its flash kernels.  Not with --packing."""
+    pcw_recent: int = 2
+    """With pcw_windows: context lines kept next to the reply, outside the windows."""
+    banded: bool = False
+    """Line-banded attention (charlora.banded): a run of consecutive lines is one
+    sequence with every reply in it labeled, and a 4D mask lets each reply see
+    only its own --rounds window, so shared context is computed once, not in
+    every sample that holds it.  A step holds about as many replies as a
+    per-sample step (one band a forward, bands accumulated); held-out scoring
+    stays per sample.  Exact for one layer; deeper, a context token reads its
+    own window, up to --rounds lines further back than inside a sample.  Off by
+    default: docs/benchmarks.md, "Line-banded attention", has its quality and
+    speed.  Not with --packing, --pcw_windows, --others_weight or --contrast_weight."""
+    save_steps: int = 0
+    """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
+    (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
+    save_total_limit: int = 2
+    """Checkpoints kept (older ones are deleted)."""
+    resume: bool = False
+    """Continue from the newest checkpoint of this --lora_name."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    models_dir: str | None = None
+    loras_dir: str | None = None
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    """Load pickle (.bin) weights, which can run code; safetensors only otherwise."""
+    sample_replies: int = 2
+    """Greedy replies to print after training, from held-out (or last) prompts."""
+    export_character: bool = False
+    """Also write <Name>.yaml into the webui characters folder (a copy is always in the adapter folder)."""
+    characters_dir: str | None = None
+    merge: bool = False
+    """Also save base + adapter merged as a full model folder models/<base>-<lora>."""
+    export_gguf: bool = False
+    """Also write loras/<name>/<name>.gguf, the adapter as a llama.cpp LoRA (LLaMA-architecture bases)."""
+
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse any flag out of its range, one line naming it, before anything
+    is read or loaded.  Pure: testable without a model."""
+    from charlora.config import require_finite
+    from charlora.source import check_others_weight
+
+    if cfg.cutoff_len < 8:
+        raise CharloraError(f"--cutoff_len must be at least 8 tokens, got {cfg.cutoff_len}")
+    if cfg.eval_split is not None and not 0 <= cfg.eval_split < 1:
+        raise CharloraError(f"--eval_split must be in [0, 1), got {cfg.eval_split}")
+    if cfg.early_stop < 0:
+        raise CharloraError(f"--early_stop must be 0 (off) or a number of epochs, got {cfg.early_stop}")
+    if not (math.isfinite(cfg.others_ratio) and cfg.others_ratio > 0):
+        raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
+    check_others_weight(cfg.others_weight, "--others_weight")
+    check_others_weight(cfg.contrast_weight, "--contrast_weight")
+    if not 0 <= cfg.warmup < 1:
+        raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
+    for flag in ("batch_size", "grad_accum", "lora_rank"):
+        if getattr(cfg, flag) < 1:
+            raise CharloraError(f"--{flag} must be at least 1, got {getattr(cfg, flag)}")
+    if not (math.isfinite(cfg.epochs) and (cfg.epochs > 0 or cfg.max_steps > 0)):
+        raise CharloraError(f"--epochs must be a positive number, got {cfg.epochs}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise CharloraError(f"--learning_rate must be a positive number, got {cfg.learning_rate}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise CharloraError(f"--lora_dropout is a probability, in [0, 1), got {cfg.lora_dropout}")
+    if cfg.lora_alpha <= 0:
+        raise CharloraError(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    if not (math.isfinite(cfg.neftune_noise_alpha) and cfg.neftune_noise_alpha >= 0):
+        raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
+    if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
+        raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
+    if (cfg.others_weight or cfg.contrast_weight) and (cfg.packing or cfg.pcw_windows):
+        raise CharloraError("--others_weight and --contrast_weight can't be combined with --packing or --pcw_windows yet: their collators "
+                            "carry no per-sample loss weight; drop one of the two")
+    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight):
+        raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight or "
+                            "--contrast_weight: a band has its own layout and one loss weight; drop one of them")
+    if cfg.pcw_windows and cfg.packing:
+        raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
+                            "each sample's window mask; drop one of the two")
+    if cfg.save_steps < 0 or cfg.save_total_limit < 1:
+        raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
+                            f"got {cfg.save_steps} and {cfg.save_total_limit}")
+    # the older checks above keep their own words; these close the rest of each range
+    require_finite("--seed", cfg.seed, 0, 2**32 - 1)  # numpy's seeding range
+    require_finite("--cutoff_len", cfg.cutoff_len, 8, 1_000_000)
+    require_finite("--epochs", cfg.epochs, 0, 100_000)
+    require_finite("--max_steps", cfg.max_steps, -1, 10**9)
+    require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
+    require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
+
+
+def resolve_target_modules(spec: str) -> Any:
+    if spec == "all-linear":
+        return "all-linear"
+    if spec == "default":
+        return None  # PEFT fills it from its per-architecture map
+    modules = [m.strip() for m in spec.split(",") if m.strip()]
+    if not modules:
+        raise CharloraError("--target_modules is empty")
+    return modules
