@@ -52,7 +52,7 @@ def test_banded_first_loss_equals_per_sample_and_the_adapter_loads(one_layer, ti
     out, err = capsys.readouterr()
     assert "banded: 12 replies in " in out + err
     plain, band = (json.loads((loras / n / "charlora_config.json").read_text()) for n in ("plain", "band"))
-    assert band["config"]["banded"] and band["bands"] >= 1
+    assert band["config"]["banded"] and band["train_samples"] == plain["train_samples"] == 12 and band["bands"] >= 1
     # one layer: every reply token sees exactly its sample's context, so the same loss
     assert band["train_losses"][0] == pytest.approx(plain["train_losses"][0], abs=1e-5)
     # ...and training moved on from there (step 1 runs at warm-up's rate 0, steps 2-3 learn)
