@@ -264,3 +264,20 @@ def test_banded_training_labels_every_training_reply_once(tiny_tokenizers):
     assert labeled == expected
     assert args["per_device_train_batch_size"] == 1 and args["remove_unused_columns"] is False
     assert set(data.column_names) == {"input_ids", "labels", "position_ids", "window_start", "sink", "hidden"}
+
+
+def test_quality_comparison_calls_under_two_standard_errors_no_difference():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("banded_quality",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "banded_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # sds 1 and 1 over 3 seeds: standard error sqrt(1/3 + 1/3) = 0.816; a difference of 1 is 1.22 SE
+    near = bench.compare([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert near["difference"] == 1.0 and near["standard_error"] == pytest.approx(0.8165, abs=1e-4)
+    assert near["verdict"] == "no difference"
+    far = bench.compare([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])  # 2 / 0.816 = 2.45 SE
+    assert far["verdict"] == "higher" and bench.compare([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])["verdict"] == "lower"
+    assert bench.compare([0.5, 0.5], [0.5, 0.5])["verdict"] == "no difference"  # identical, sd 0
