@@ -36,14 +36,20 @@ def per_seed(evaluation: dict) -> dict[str, list[float]]:
     def share(r, key):
         return r[key] / r["generated"] if r.get(key) is not None and r["generated"] else math.nan
 
+    def value(r, key):  # None (not scored: --others 0) counts as missing
+        return math.nan if r.get(key) is None or (isinstance(r[key], float) and math.isnan(r[key])) else r[key]
+
+    def change(r, key):
+        return value(r, key) / value(base, key) - 1 if value(base, key) else math.nan
+
     return {
-        "character_loss": [r["character_loss"] for r in tuned],
-        "others_loss": [r["others_loss"] for r in tuned],
-        "character_loss_change": [r["character_loss"] / base["character_loss"] - 1 for r in tuned],
-        "others_loss_change": [r["others_loss"] / base["others_loss"] - 1 for r in tuned],
-        "specificity": [r["specificity"] for r in tuned],
-        "text_specificity": [r["text_specificity"] for r in tuned],
-        "attribution_auc": [r["attribution_auc"] for r in tuned],
+        "character_loss": [value(r, "character_loss") for r in tuned],
+        "others_loss": [value(r, "others_loss") for r in tuned],
+        "character_loss_change": [change(r, "character_loss") for r in tuned],
+        "others_loss_change": [change(r, "others_loss") for r in tuned],
+        "specificity": [value(r, "specificity") for r in tuned],
+        "text_specificity": [value(r, "text_specificity") for r in tuned],
+        "attribution_auc": [value(r, "attribution_auc") for r in tuned],
         "clean_ends": [share(r, "clean_ends") for r in tuned],
         "repeated_4gram": [share(r, "repeated") for r in tuned],
         "copied_8gram": [share(r, "copied") for r in tuned],
@@ -57,7 +63,10 @@ def compare(a: list[float], b: list[float]) -> dict:
     (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
     se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
     diff = mb - ma
-    verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else ("higher" if diff > 0 else "lower")
+    if math.isnan(diff):
+        verdict = "not scored"
+    else:
+        verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else ("higher" if diff > 0 else "lower")
     return {"per_sample": a, "banded": b, "per_sample_mean": ma, "per_sample_sd": sa, "banded_mean": mb,
             "banded_sd": sb, "difference": diff, "standard_error": se,
             "difference_in_se": diff / se if se else (0.0 if diff == 0 else math.inf), "verdict": verdict}

@@ -281,3 +281,4 @@ def test_quality_comparison_calls_under_two_standard_errors_no_difference():
     far = bench.compare([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])  # 2 / 0.816 = 2.45 SE
     assert far["verdict"] == "higher" and bench.compare([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])["verdict"] == "lower"
     assert bench.compare([0.5, 0.5], [0.5, 0.5])["verdict"] == "no difference"  # identical, sd 0
+    assert bench.compare([float("nan")] * 3, [1.0, 2.0, 3.0])["verdict"] == "not scored"
