@@ -1,12 +1,14 @@
 """Banded against per-sample training: the same adapters' scores over seeds, and their training time.
 
     python bench/banded_quality.py --per_sample docs/throughput/banded-quality-per-sample.json \
-        --banded docs/throughput/banded-quality-banded.json \
+        --banded docs/throughput/banded-quality-banded-seed{1,2,3}.json \
         --train_per_sample 'docs/person/train-falstaff-seed*.json' \
         --train_banded 'docs/person/train-falstaff-banded-seed*.json' --json docs/throughput/banded-quality.json
 
-Reads two evaluate.py --seeds N JSONs (the same held-out text, base model
-and settings; each adapter scored per sample, so the numbers compare) and
+Reads evaluate.py JSONs: one per method, or several whose adapters are
+pooled (each of --seeds N, or one adapter each; the same held-out text and
+base model, checked by the base's loss; each adapter scored per sample, so
+the numbers compare), and
 the training records (charlora_config.json copies).  For each score: mean
 and sample standard deviation over seeds both ways, the difference of the
 means, its standard error sqrt(sd_a^2/n_a + sd_b^2/n_b), and "no
@@ -56,6 +58,15 @@ def per_seed(evaluation: dict) -> dict[str, list[float]]:
     }
 
 
+def pooled(evaluations: list[dict]) -> dict:
+    """One evaluation from several of the same base and text: the first base, every adapter."""
+    base = evaluations[0]["reports"][0]
+    for e in evaluations[1:]:
+        if abs(e["reports"][0]["character_loss"] - base["character_loss"]) > 1e-6:
+            raise SystemExit("evaluations of one method scored the base model differently: not the same text")
+    return {"reports": [base] + [r for e in evaluations for r in e["reports"][1:]]}
+
+
 def compare(a: list[float], b: list[float]) -> dict:
     """b against a: means, sds, difference, its standard error, and the verdict at 2 standard errors."""
     from charlora.metrics import mean_sd
@@ -89,14 +100,14 @@ def training(pattern: str) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--per_sample", required=True, help="evaluate.py --seeds JSON of the per-sample adapters")
-    p.add_argument("--banded", required=True, help="evaluate.py --seeds JSON of the banded adapters")
+    p.add_argument("--per_sample", nargs="+", required=True, help="evaluate.py JSON(s) of the per-sample adapters")
+    p.add_argument("--banded", nargs="+", required=True, help="evaluate.py JSON(s) of the banded adapters")
     p.add_argument("--train_per_sample", help="glob of the per-sample training records")
     p.add_argument("--train_banded", help="glob of the banded training records")
     p.add_argument("--json", dest="json_out")
     a = p.parse_args(argv)
 
-    runs = {k: json.loads(Path(getattr(a, k)).read_text()) for k in ("per_sample", "banded")}
+    runs = {k: pooled([json.loads(Path(f).read_text()) for f in getattr(a, k)]) for k in ("per_sample", "banded")}
     base = [runs[k]["reports"][0]["character_loss"] for k in runs]
     if abs(base[0] - base[1]) > 1e-6:
         raise SystemExit(f"the two evaluations scored the base model differently ({base[0]} vs {base[1]}): "
