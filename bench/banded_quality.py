@@ -124,6 +124,12 @@ def main(argv=None) -> int:
         result["training"] = {"per_sample": training(a.train_per_sample), "banded": training(a.train_banded)}
         for k, rows in result["training"].items():
             print(k, [(r["seed"], r["train_seconds"], r["epochs_run"], r["epoch_kept"]) for r in rows])
+        # the held-out tail of the training text (Henry IV's last Falstaff lines), scored per sample by the keeper
+        tail = compare(*[[r["held_out_loss"] for r in result["training"][k]] for k in ("per_sample", "banded")])
+        scores["training_held_out_loss"] = tail
+        print(f"training held-out loss  per sample {tail['per_sample_mean']:.4f} ± {tail['per_sample_sd']:.4f}   "
+              f"banded {tail['banded_mean']:.4f} ± {tail['banded_sd']:.4f}   ({tail['difference_in_se']:+.1f} SE): "
+              f"{tail['verdict']}")
     if a.json_out:
         from charlora.provenance import environment
 
