@@ -51,6 +51,7 @@ lines per band).
 
 Pieces:
   lines_from_samples  processed samples -> the runs of lines they were cut from
+  banded_training   processed samples -> the bands as a dataset and the Trainer settings they need (--banded)
   banded_examples   pure: dialogue lines -> bands {input_ids, labels, position_ids, window_start, sink, hidden}
   band_allowed      those per-token fields -> bool (..., T, T) "may attend"
   collate_banded    bands -> padded batch with the 4D additive mask (pcw.additive_mask) for model(**batch)
@@ -242,26 +243,39 @@ def _sample_body(ids, replies, n_newline, lines, j, rounds, split_scenes) -> tup
     return body, list(replies[j])
 
 
-def lines_from_samples(samples: Sequence[Mapping[str, str]], name: str) -> list[list[Line]]:
+def sample_rounds(samples: Sequence[Mapping[str, str]]) -> int:
+    """The --rounds a processed dataset was made with: its longest context, in lines."""
+    return max((s["input"].count("\n") for s in samples), default=0)
+
+
+def lines_from_samples(samples: Sequence[Mapping[str, str]], name: str,
+                       rounds: int | None = None) -> list[list[Line]]:
     """Processed samples ({"input": prompt, "output": reply}, in file order)
     -> the runs of consecutive lines they were cut from.
 
     Training reads samples, not the dialogue, so the lines are put back
     together from the overlap of consecutive samples' contexts: a sample's
-    context lines that end the run so far are the same lines.  Where two
-    samples do not overlap (the character silent for more than `rounds`
-    lines, or a held-out sample) a new run starts.  Lines other than the
-    character's replies come back as text as they stood in the prompt
-    (Line(None, "Speaker:text")), which format_line returns unchanged, so
-    they tokenize as in the samples.  Samples made with --split_scenes lose
-    their scene breaks here: a band's window may then reach across one.
+    context lines that end the run so far are the same lines.  Lines other
+    than the character's replies come back as text as they stood in the
+    prompt (Line(None, "Speaker:text")), which format_line returns
+    unchanged, so they tokenize as in the samples.
+
+    A new run starts wherever a band's window (the `rounds` lines before a
+    reply in its run; None: sample_rounds) would not be the sample's own
+    context: where two samples do not overlap (the character silent for
+    more than `rounds` lines, or a held-out sample between them), and where
+    a context is shorter than `rounds` lines although the run holds more
+    before it (the sample starts after a --split_scenes break, or a
+    dialogue's first lines).  So every reply's window is its sample's.
     """
+    rounds = sample_rounds(samples) if rounds is None else rounds
     runs: list[list[Line]] = []
     text: list[str] = []  # the current run, as its prompt lines
     for sample in samples:
         context = sample["input"].split("\n")[:-1]  # the last line is `Name:`
         overlap = next((m for m in range(min(len(context), len(text)), 0, -1) if text[-m:] == context[:m]), 0)
-        if not runs or (context and not overlap):
+        joins = (overlap or not context) and (len(context) >= rounds or overlap == len(text))
+        if not runs or not joins:
             runs.append([])
             text = []
             overlap = 0
@@ -270,6 +284,67 @@ def lines_from_samples(samples: Sequence[Mapping[str, str]], name: str) -> list[
         runs[-1].append(Line(name, sample["output"]))
         text.append(format_line(runs[-1][-1]))
     return runs
+
+
+BAND_LEN = 512
+"""Tokens per band in training (at least cutoff_len): on Falstaff 1.57x fewer
+tokens than per-sample batches at 1.12x their attention scores; 1024 saves
+more tokens but doubles the attention (bench/banded.py --count_only)."""
+
+
+def training_bands(samples: Sequence[Mapping[str, str]], tokenizer: Any, cutoff_len: int,
+                   band_len: int = BAND_LEN) -> list[dict[str, list[int]]]:
+    """A processed dataset's samples -> the bands that label each reply once,
+    each with the window its sample has (lines_from_samples, sample_rounds)."""
+    from charlora.adapter import character_name
+
+    name, rounds = character_name(samples), sample_rounds(samples)
+    return [band for run in lines_from_samples(samples, name, rounds)
+            for band in banded_examples(run, tokenizer, name, rounds, cutoff_len, max(band_len, cutoff_len))]
+
+
+def bands_per_step(n_bands: int, n_replies: int, batch_size: int, grad_accum: int) -> int:
+    """Bands accumulated per optimizer step (one band a forward, so no padding)
+    for a step to hold about batch_size x grad_accum replies, as a per-sample
+    step does: an epoch then has about as many optimizer steps, so the
+    learning-rate schedule, warm-up and early stopping see the same run."""
+    per_band = n_replies / max(1, n_bands)
+    return max(1, round(batch_size * grad_accum / per_band))
+
+
+def band_noise_alpha(alpha: float, band_lengths: Sequence[int], sample_lengths: Sequence[int]) -> float:
+    """NEFTune's alpha for bands: its noise is alpha / sqrt(L x hidden) per
+    embedding value, L the row's length, so the same alpha would give a band's
+    tokens less noise than their samples'.  Scaled by sqrt(mean band length /
+    mean sample length), a token gets about its sample's noise."""
+    if not alpha or not band_lengths or not sample_lengths:
+        return alpha
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return alpha * (mean(band_lengths) / mean(sample_lengths)) ** 0.5
+
+
+def banded_training(samples: Sequence[Mapping[str, str]], tokenizer: Any, cutoff_len: int, batch_size: int,
+                    grad_accum: int, neftune_alpha: float) -> tuple[Any, dict]:
+    """(the bands as a datasets.Dataset, the TrainingArguments that differ for them).
+
+    One band a forward (per_device_train_batch_size 1, no padding), in random
+    order (grouping by length only saves padding), bands_per_step of them a
+    step, NEFTune scaled by band_noise_alpha; every column kept for
+    collate_banded.
+    """
+    from datasets import Dataset
+
+    from charlora.tokens import encode_sample
+
+    if not samples:
+        raise BandedError("no samples to train on")
+    bands = training_bands(samples, tokenizer, cutoff_len)
+    sample_lengths = [len(encode_sample(tokenizer, s["input"], s["output"], cutoff_len)["input_ids"]) for s in samples]
+    alpha = band_noise_alpha(neftune_alpha, [len(b["input_ids"]) for b in bands], sample_lengths)
+    args = {"per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": bands_per_step(len(bands), len(samples), batch_size, grad_accum),
+            "neftune_noise_alpha": alpha or None, "train_sampling_strategy": "random", "remove_unused_columns": False}
+    return Dataset.from_list(bands), args
 
 
 def band_allowed(window_start, sink, hidden):

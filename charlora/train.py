@@ -63,6 +63,10 @@ class Data:
     """Prompts whose greedy replies are printed at the end."""
     weights: list[float] | None
     """Per-sample loss weights (other speakers' lines), or None."""
+    trainer_args: dict = field(default_factory=dict)
+    """TrainingArguments that differ for these rows (--banded: banded.banded_training's)."""
+    replies: int | None = None
+    """--banded: the training samples the bands label (the rows are bands)."""
     paired: list = field(default_factory=list)
     """--pair_weight: the training samples, each with its "rival" line (None when it has none)."""
 
@@ -129,10 +133,20 @@ def prepare_data(cfg: TrainConfig, samples: list[dict[str, str]], tokenizer: Any
         train_samples, weights = add_rivals(train_samples, weights, n_char, src, bool(eval_samples), cfg.pair_weight, log)
     for line in data_report(samples, token_lengths(tokenizer, samples), cfg.cutoff_len, n_eval, src).lines(cfg.cutoff_len):
         log(line)
-    data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
+    trainer_args = {}
+    if cfg.banded:
+        from charlora.banded import banded_training
+
+        data, trainer_args = banded_training(train_samples, tokenizer, cfg.cutoff_len, cfg.batch_size, cfg.grad_accum,
+                                             cfg.neftune_noise_alpha)
+        log(f"banded: {len(train_samples)} replies in {len(data)} bands of up to "
+            f"{max(len(row) for row in data['input_ids'])} tokens")
+    else:
+        data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
     # Replies shown at the end: to held-out prompts when there are some.
     show = (eval_samples or train_samples)[-cfg.sample_replies :] if cfg.sample_replies > 0 else []
-    return Data(data, eval_samples, show, weights, train_samples if any(s.get("rival") for s in train_samples) else [])
+    return Data(data, eval_samples, show, weights, trainer_args, len(train_samples) if cfg.banded else None,
+                train_samples if any(s.get("rival") for s in train_samples) else [])
 
 
 def load_lora_model(cfg: TrainConfig, model_path: Path, base: Base, target_modules: Any, data: Data, log) -> Any:
@@ -165,13 +179,13 @@ def load_lora_model(cfg: TrainConfig, model_path: Path, base: Base, target_modul
 
 
 def training_arguments(cfg: TrainConfig, ckpt_dir: Path, base: Base, world: int, total_steps: int, save_steps: int,
-                       main_process: bool, weights: list[float] | None):
-    """transformers' TrainingArguments for this run."""
+                       main_process: bool, weights: list[float] | None, overrides: dict | None = None):
+    """transformers' TrainingArguments for this run (overrides: Data.trainer_args)."""
     import torch
     from transformers import TrainingArguments
 
     dtype, device = base.dtype, base.device
-    return TrainingArguments(
+    return TrainingArguments(**{**dict(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -203,7 +217,7 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, base: Base, world: int,
         disable_tqdm=not main_process,
         # PCW's "segments" column becomes the collator's mask; "loss_weight" goes to the loss
         remove_unused_columns=not (cfg.pcw_windows or weights),
-    )
+    ), **(overrides or {})})
 
 
 def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Data, main_process: bool, log) -> Setup:
@@ -212,7 +226,9 @@ def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Da
 
     # Under torchrun / accelerate launch every process takes its own batches.
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(math.ceil(len(data.rows) / (cfg.batch_size * world)) / cfg.grad_accum)
+    batch_size = data.trainer_args.get("per_device_train_batch_size", cfg.batch_size)
+    grad_accum = data.trainer_args.get("gradient_accumulation_steps", cfg.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(data.rows) / (batch_size * world)) / grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     save_steps = cfg.save_steps if cfg.save_steps > 0 else max(1, total_steps // 10)
     if main_process:
@@ -220,7 +236,8 @@ def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Da
         if not cfg.resume:
             shutil.rmtree(plan.ckpt_dir, ignore_errors=True)  # --overwrite: an old run's checkpoints go
         checkpoints.record_run(plan.ckpt_dir, plan.settings)
-    args = training_arguments(cfg, plan.ckpt_dir, base, world, total_steps, save_steps, main_process, data.weights)
+    args = training_arguments(cfg, plan.ckpt_dir, base, world, total_steps, save_steps, main_process, data.weights,
+                              data.trainer_args)
     packing = cfg.packing and models.supports_packing(model)
     if cfg.packing and not packing:
         log("note: this model family does not keep packed samples apart; padding per batch instead of --packing")
@@ -228,13 +245,13 @@ def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Da
     # memory, and transformers ignores packed positions while one exists.
     model.config.use_cache = False
     pcw_dtype = None
-    if cfg.pcw_windows:
+    if cfg.pcw_windows or cfg.banded:
         from charlora.pcw import check_attention
 
         check_attention(model)
         pcw_dtype = model.get_input_embeddings().weight.dtype
     collator = make_collator(base.tokenizer, packing, flash_attention="flash" in str(model.config._attn_implementation),
-                             pcw_dtype=pcw_dtype)
+                             pcw_dtype=pcw_dtype, banded=cfg.banded)
     if data.paired:
         from functools import partial
 
@@ -247,9 +264,10 @@ def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Da
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data.rows, data_collator=collator,
                                    reply_head=reply_head, callbacks=[saver] + ([keeper] if keeper else []) + [guards.make_divergence_guard()])
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    log(f"training on {len(data.rows)} samples ({len(data.eval_samples)} held out), {total_steps} optimizer steps of "
-        f"{per_step} samples ({cfg.batch_size} a batch x {cfg.grad_accum} accumulated x {world} process"
+    per_step = batch_size * grad_accum * world
+    unit = "bands" if cfg.banded else "samples"
+    log(f"training on {len(data.rows)} {unit} ({len(data.eval_samples)} held out), {total_steps} optimizer steps of "
+        f"{per_step} {unit} ({batch_size} a batch x {grad_accum} accumulated x {world} process"
         f"{'es' if world > 1 else ''}); checkpoints every {save_steps} steps in {plan.ckpt_dir}")
     if plan.resume_from is not None:
         log(f"resuming from {plan.resume_from}")
@@ -308,7 +326,7 @@ def finish_run(cfg: TrainConfig, plan: Plan, base: Base, setup: Setup, data: Dat
         log(f"kept the adapter of epoch {epoch_of.get(best_step, '?')} (step {best_step}, held-out loss {eval_loss:.4f}): "
             f"the best of {len(evals)} scored epoch{'s' if len(evals) > 1 else ''}" + ("" if restored else ", the last one")
             + ("; stopped early" if keeper.stopped_early else ""))
-    result = TrainResult(plan.dest, len(data.rows), len(data.eval_samples), trainer.state.global_step, losses, eval_loss,
+    result = TrainResult(plan.dest, data.replies or len(data.rows), len(data.eval_samples), trainer.state.global_step, losses, eval_loss,
                          run.training_loss, seconds)
     record = {"config": asdict(cfg), "base_model": str(plan.model_path), "adapter_dir": str(plan.dest), "character": character,
               "quantization": base.quant, "dtype": str(base.dtype).removeprefix("torch."),
@@ -318,7 +336,9 @@ def finish_run(cfg: TrainConfig, plan: Plan, base: Base, setup: Setup, data: Dat
               "eval_losses": evals, "eval_loss": eval_loss, "kept_step": best_step,
               "stopped_early": bool(keeper and keeper.stopped_early),
               "packing": setup.packing, "pcw_windows": cfg.pcw_windows, "world_size": setup.world,
-              "samples_per_step": setup.per_step, "train_seconds": round(seconds, 1)}
+              "samples_per_step": cfg.batch_size * cfg.grad_accum * setup.world,  # --banded: the replies a step aims at
+              **({"bands": len(data.rows), "bands_per_step": setup.per_step} if cfg.banded else {}),
+              "train_seconds": round(seconds, 1)}
     return result, record, logged
 
 

@@ -120,6 +120,16 @@ class TrainConfig:
     sample; sdpa runs without its flash kernels.  Not with --packing."""
     pcw_recent: int = 2
     """With pcw_windows: context lines kept next to the reply, outside the windows."""
+    banded: bool = False
+    """Line-banded attention (charlora.banded): a run of consecutive lines is one
+    sequence with every reply in it labeled, and a 4D mask lets each reply see
+    only its own --rounds window, so shared context is computed once, not in
+    every sample that holds it.  A step holds about as many replies as a
+    per-sample step (one band a forward, bands accumulated); held-out scoring
+    stays per sample.  Exact for one layer; deeper, a context token reads its
+    own window, up to --rounds lines further back than inside a sample.  Off by
+    default: docs/benchmarks.md, "Line-banded attention", has its quality and
+    speed.  Not with --packing, --pcw_windows, --others_weight or --contrast_weight."""
     save_steps: int = 0
     """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
     (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
@@ -184,6 +194,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     if (cfg.others_weight or cfg.contrast_weight or cfg.pair_weight) and (cfg.packing or cfg.pcw_windows):
         raise CharloraError("--others_weight, --contrast_weight and --pair_weight can't be combined with --packing or --pcw_windows yet: their collators "
                             "carry no per-sample loss weight; drop one of the two")
+    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight or cfg.pair_weight):
+        raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight, "
+                            "--contrast_weight or --pair_weight: a band has its own layout and one loss weight; "
+                            "drop one of them")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
                             "each sample's window mask; drop one of the two")

@@ -62,7 +62,7 @@ def tokenize_dataset(samples: list[dict[str, str]], tokenizer: Any, cutoff_len: 
     )
 
 
-def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, pcw_dtype=None):
+def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, pcw_dtype=None, banded: bool = False):
     """Batches of encoded samples: padded per batch, or packed into one row.
 
     Packed: the batch's samples are concatenated without padding and their
@@ -71,13 +71,18 @@ def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, 
     sequence boundaries), so no token attends across samples and the loss is
     the padded batch's (tests/test_packing.py) while no compute goes to padding.
     pcw_dtype: the samples are in PCW layout; pad them and build their 4D
-    masks in this dtype (the one attention runs in).
+    masks in this dtype (the one attention runs in); with banded, they are
+    charlora.banded's bands.
     """
+    from functools import partial
+
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    if pcw_dtype is not None:
-        from functools import partial
+    if banded:
+        from charlora.banded import collate_banded
 
+        return partial(collate_banded, pad_token_id=tokenizer.pad_token_id, dtype=pcw_dtype)
+    if pcw_dtype is not None:
         from charlora.pcw import collate_pcw
 
         return partial(collate_pcw, pad_token_id=tokenizer.pad_token_id, padding_side="right", dtype=pcw_dtype)

@@ -13,7 +13,7 @@ import torch
 
 from charlora.banded import BandedError, band_allowed, banded_examples, collate_banded
 from charlora.dialogue import Line
-from charlora.prompt import build_prompt
+from charlora.prompt import build_prompt, format_line
 from charlora.samples import context_window
 from charlora.tokens import IGNORE_INDEX, encode_sample
 from conftest import tiny_config
@@ -213,3 +213,72 @@ def test_bands_from_samples_equal_bands_from_the_dialogue(tiny_tokenizers):
     for cutoff, band_len in ((256, 512), (64, 64)):
         assert banded_examples(run, tok, "Viola", 3, cutoff, band_len) == \
             banded_examples(DIALOGUE, tok, "Viola", 3, cutoff, band_len)
+
+
+def test_lines_from_samples_starts_a_run_at_a_scene_break():
+    """--split_scenes samples: the sample after a break has a short context;
+    joined to the run before, its band window would reach across the break.
+    Every reply's window in its run must be its sample's own context."""
+    from charlora.samples import build_samples
+
+    from charlora.banded import lines_from_samples, sample_rounds
+
+    lines = list(DIALOGUE)
+    lines[5] = Line("Viola", "The rudeness that hath appeared in me.", after_blank=True)  # a new scene at line 5
+    samples = build_samples(lines, "Viola", 2, split_scenes=True)
+    assert sample_rounds(samples) == 2
+    runs = lines_from_samples(samples, "Viola")
+    windows = [[format_line(l) for l in context_window(run, k, 2)]
+               for run in runs for k, l in enumerate(run) if l.speaker == "Viola"]
+    assert windows == [s["input"].split("\n")[:-1] for s in samples]
+    # the second scene's first line has an empty context: it starts a run of its own
+    assert [len(run) for run in runs] == [3, 3]
+
+
+def test_bands_per_step_keeps_the_replies_of_a_per_sample_step():
+    from charlora.banded import bands_per_step
+
+    # Falstaff's 143 training samples in 48 bands: 2.98 replies a band, 8 replies a step -> 3 bands
+    assert bands_per_step(48, 143, 4, 2) == 3
+    assert bands_per_step(10, 10, 4, 2) == 8  # one reply a band: a band per sample
+    assert bands_per_step(1, 100, 1, 1) == 1  # never fewer than one band
+
+
+def test_band_noise_alpha_gives_a_token_its_samples_noise():
+    from charlora.banded import band_noise_alpha
+
+    assert band_noise_alpha(5.0, [400, 400], [100, 100]) == 10.0  # 4x longer rows: noise / sqrt(4) unless alpha x 2
+    assert band_noise_alpha(0.0, [400], [100]) == 0.0
+
+
+def test_banded_training_labels_every_training_reply_once(tiny_tokenizers):
+    from charlora.samples import build_samples
+
+    from charlora.banded import banded_training
+
+    tok = tiny_tokenizers["llama-like"]
+    samples = build_samples(DIALOGUE, "Viola", 2)
+    data, args = banded_training(samples, tok, 256, 4, 2, 5.0)
+    labeled = [x for row in data["labels"] for x in row if x != IGNORE_INDEX]
+    expected = [x for s in samples for x in encode_sample(tok, s["input"], s["output"], 256)["labels"] if x != IGNORE_INDEX]
+    assert labeled == expected
+    assert args["per_device_train_batch_size"] == 1 and args["remove_unused_columns"] is False
+    assert set(data.column_names) == {"input_ids", "labels", "position_ids", "window_start", "sink", "hidden"}
+
+
+def test_quality_comparison_calls_under_two_standard_errors_no_difference():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("banded_quality",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "banded_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # sds 1 and 1 over 3 seeds: standard error sqrt(1/3 + 1/3) = 0.816; a difference of 1 is 1.22 SE
+    near = bench.compare([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert near["difference"] == 1.0 and near["standard_error"] == pytest.approx(0.8165, abs=1e-4)
+    assert near["verdict"] == "no difference"
+    far = bench.compare([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])  # 2 / 0.816 = 2.45 SE
+    assert far["verdict"] == "higher" and bench.compare([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])["verdict"] == "lower"
+    assert bench.compare([0.5, 0.5], [0.5, 0.5])["verdict"] == "no difference"  # identical, sd 0
+    assert bench.compare([float("nan")] * 3, [1.0, 2.0, 3.0])["verdict"] == "not scored"
