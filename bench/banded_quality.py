@@ -33,29 +33,9 @@ SCORES = ("character_loss", "others_loss", "character_loss_change", "others_loss
 
 def per_seed(evaluation: dict) -> dict[str, list[float]]:
     """Each score, one value per adapter (seed), from an evaluate.py JSON."""
-    base, tuned = evaluation["reports"][0], evaluation["reports"][1:]
+    from charlora.evaluate import seed_scores
 
-    def share(r, key):
-        return r[key] / r["generated"] if r.get(key) is not None and r["generated"] else math.nan
-
-    def value(r, key):  # None (not scored: --others 0) counts as missing
-        return math.nan if r.get(key) is None or (isinstance(r[key], float) and math.isnan(r[key])) else r[key]
-
-    def change(r, key):
-        return value(r, key) / value(base, key) - 1 if value(base, key) else math.nan
-
-    return {
-        "character_loss": [value(r, "character_loss") for r in tuned],
-        "others_loss": [value(r, "others_loss") for r in tuned],
-        "character_loss_change": [change(r, "character_loss") for r in tuned],
-        "others_loss_change": [change(r, "others_loss") for r in tuned],
-        "specificity": [value(r, "specificity") for r in tuned],
-        "text_specificity": [value(r, "text_specificity") for r in tuned],
-        "attribution_auc": [value(r, "attribution_auc") for r in tuned],
-        "clean_ends": [share(r, "clean_ends") for r in tuned],
-        "repeated_4gram": [share(r, "repeated") for r in tuned],
-        "copied_8gram": [share(r, "copied") for r in tuned],
-    }
+    return seed_scores(evaluation["reports"][0], evaluation["reports"][1:])
 
 
 def pooled(evaluations: list[dict]) -> dict:

@@ -276,23 +276,25 @@ def loss_split(char: Sequence, other: Sequence) -> dict[str, float]:
             "others_text": metrics.text_loss(other), "others_eos": metrics.eos_loss(other)}
 
 
-def summary(reports: Sequence[Report]) -> dict[str, tuple[float, float]]:
-    """(mean, standard deviation) over the adapters (seeds) of each score."""
-    from charlora.metrics import mean_sd
-
-    base, tuned = reports[0], reports[1:]
+def seed_scores(base: dict, tuned: Sequence[dict]) -> dict[str, list[float]]:
+    """Each score, one value per adapter (seed), from reports as field dicts
+    (a Report's vars() or its evaluate.py JSON); a score not measured (None,
+    e.g. --others 0 or --generate 0) is NaN, which mean_sd leaves out."""
+    def value(r, k):
+        v = r.get(k)
+        return math.nan if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
     def share(r, k):
-        v = getattr(r, k)
-        return v / r.generated if v is not None and r.generated else math.nan
+        return value(r, k) / r["generated"] if r["generated"] else math.nan
 
-    def value(r, k):
-        v = getattr(r, k)
-        return math.nan if v is None else v
+    def change(r, k):
+        return value(r, k) / value(base, k) - 1 if value(base, k) else math.nan
 
-    scores = {
-        "character_loss_change": [r.character_loss / base.character_loss - 1 for r in tuned],
-        "others_loss_change": [r.others_loss / base.others_loss - 1 for r in tuned],
+    return {
+        "character_loss": [value(r, "character_loss") for r in tuned],
+        "others_loss": [value(r, "others_loss") for r in tuned],
+        "character_loss_change": [change(r, "character_loss") for r in tuned],
+        "others_loss_change": [change(r, "others_loss") for r in tuned],
         "specificity": [value(r, "specificity") for r in tuned],
         "text_specificity": [value(r, "text_specificity") for r in tuned],
         "attribution_auc": [value(r, "attribution_auc") for r in tuned],
@@ -300,7 +302,19 @@ def summary(reports: Sequence[Report]) -> dict[str, tuple[float, float]]:
         "repeated_4gram": [share(r, "repeated") for r in tuned],
         "copied_8gram": [share(r, "copied") for r in tuned],
     }
-    return {k: mean_sd(v) for k, v in scores.items()}
+
+
+# What the summary reports (the raw losses are in each report)
+SUMMARY_SCORES = ("character_loss_change", "others_loss_change", "specificity", "text_specificity", "attribution_auc",
+                  "clean_ends", "repeated_4gram", "copied_8gram")
+
+
+def summary(reports: Sequence[Report]) -> dict[str, tuple[float, float]]:
+    """(mean, standard deviation) over the adapters (seeds) of each score."""
+    from charlora.metrics import mean_sd
+
+    scores = seed_scores(vars(reports[0]), [vars(r) for r in reports[1:]])
+    return {k: mean_sd(scores[k]) for k in SUMMARY_SCORES}
 
 
 def summary_lines(summ: dict, n: int) -> str:

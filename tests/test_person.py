@@ -332,3 +332,19 @@ def test_out_of_range_pair_weight_is_a_one_line_error(value, tiny_dataset, capsy
     assert lora_finetune.main(["-m", "llama", "-d", str(tiny_dataset), "--pair_weight", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --pair_weight must be ") and err[0].endswith(f"got {float(value)}")
+
+
+def test_seed_scores_and_summary_are_per_adapter_and_leave_unmeasured_scores_out():
+    from charlora.evaluate import seed_scores
+
+    base = {"character_loss": 4.0, "others_loss": 5.0, "generated": 40}
+    tuned = [{"character_loss": 3.6, "others_loss": 4.5, "generated": 40, "clean_ends": 38, "repeated": 2,
+              "copied": None, "specificity": 0.0, "text_specificity": 0.01, "attribution_auc": 0.6},
+             {"character_loss": 3.2, "others_loss": 4.5, "generated": 40, "clean_ends": 40, "repeated": 0,
+              "copied": 0, "specificity": 0.1, "text_specificity": None, "attribution_auc": 0.7}]
+    scores = seed_scores(base, tuned)
+    assert scores["character_loss_change"] == pytest.approx([-0.1, -0.2])
+    assert scores["others_loss_change"] == pytest.approx([-0.1, -0.1])
+    assert scores["clean_ends"] == [0.95, 1.0] and scores["repeated_4gram"] == [0.05, 0.0]
+    assert math.isnan(scores["copied_8gram"][0]) and scores["copied_8gram"][1] == 0.0
+    assert metrics.mean_sd(scores["text_specificity"]) == (0.01, 0.0)  # the unmeasured seed is left out
