@@ -89,6 +89,8 @@ class Variant:
     group_by_length: bool = False
     padding: str = "batch"
     quantization: str = "none"
+    banded: bool = False
+    """charlora only: --banded (a run of lines a sequence, charlora.banded)."""
 
 
 VARIANTS = {
@@ -98,6 +100,9 @@ VARIANTS = {
     "default": Variant("charlora", group_by_length=True),
     "packed": Variant("charlora", group_by_length=True, padding="free"),
     "checkpointing": Variant("charlora", group_by_length=True, gradient_checkpointing=True),
+    # real_tokens stays the per-sample encoding's count: the same replies with the
+    # same context windows, computed once where samples overlap
+    "banded": Variant("charlora", group_by_length=True, banded=True),
     "8bit": Variant("charlora", group_by_length=True, gradient_checkpointing=True, quantization="8bit"),
     "trl_defaults": Variant("trl", gradient_checkpointing=True),
     "trl_nogc": Variant("trl"),
@@ -134,7 +139,7 @@ def charlora_config(name: str, a, loras_dir: str):
                        # on 90% of them (while real_tokens counts all) and add its scoring to the time
                        eval_split=0,
                        lora_dropout=v.lora_dropout, target_modules=LORA["target_modules"],
-                       gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free",
+                       gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free", banded=v.banded,
                        quantization="8bit" if v.quantization == "8bit" else "auto")
 
 
