@@ -105,8 +105,7 @@ def add_rivals(samples: list[dict], weights: list[float] | None, n_char: int, sr
     if src is None:
         log("note: --pair_weight needs the source file beside the dataset; training without pairs")
         return samples, weights
-    end = src.character_index()[n_char] if held_out else len(src.lines)
-    rivals = rival_lines(src, n_char, end) + [None] * (len(samples) - n_char)
+    rivals = rival_lines(src, n_char, src.training_end(n_char, held_out)) + [None] * (len(samples) - n_char)
     if not any(rivals):
         log("note: no other speaker's line to pair the character's lines with; training without pairs")
         return samples, weights

@@ -58,6 +58,11 @@ class Source:
         """Line numbers of the character's lines, one per processed sample."""
         return [i for i, line in enumerate(self.lines) if line.speaker == self.name]
 
+    def training_end(self, n_train: int, held_out: bool) -> int:
+        """Where the lines training may use end: at the first line of the
+        held-out tail (the character's line number n_train), or at the end."""
+        return self.character_index()[n_train] if held_out else len(self.lines)
+
 
 def load_source(dataset: str | Path, samples: Sequence[dict[str, str]]) -> tuple[Source | None, str | None]:
     """(the source beside `dataset`, None) or (None, why it is not used).

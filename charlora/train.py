@@ -321,9 +321,9 @@ def finish_run(cfg: TrainConfig, plan: Plan, base: Base, setup: Setup, data: Dat
     evals = keeper.history if keeper else []
     eval_loss, best_step = (keeper.best[0], keeper.best[1]) if keeper else (None, trainer.state.global_step)
     if keeper:
-        epoch_of = {step: k + 1 for k, (step, _) in enumerate(evals)}
+        epoch = kept_epoch(evals, best_step)
         restored = keeper.restore_best()
-        log(f"kept the adapter of epoch {epoch_of.get(best_step, '?')} (step {best_step}, held-out loss {eval_loss:.4f}): "
+        log(f"kept the adapter of epoch {epoch or '?'} (step {best_step}, held-out loss {eval_loss:.4f}): "
             f"the best of {len(evals)} scored epoch{'s' if len(evals) > 1 else ''}" + ("" if restored else ", the last one")
             + ("; stopped early" if keeper.stopped_early else ""))
     result = TrainResult(plan.dest, data.replies or len(data.rows), len(data.eval_samples), trainer.state.global_step, losses, eval_loss,
@@ -342,11 +342,16 @@ def finish_run(cfg: TrainConfig, plan: Plan, base: Base, setup: Setup, data: Dat
     return result, record, logged
 
 
+def kept_epoch(history: list[tuple[int, float]], best_step: int) -> int | None:
+    """The number (from 1) of the scored epoch whose step was kept; None if no score is at that step."""
+    return next((k + 1 for k, (step, _) in enumerate(history) if step == best_step), None)
+
+
 def retrain_length(history: list[tuple[int, float]], best_step: int, epochs: float) -> int | None:
     """--retrain: how many epochs to train again for - the number of the epoch
     kept, when that is short of the planned --epochs (its learning rate had
     not decayed yet); None when the kept epoch was the last planned one."""
-    kept = next((k + 1 for k, (step, _) in enumerate(history) if step == best_step), None)
+    kept = kept_epoch(history, best_step)
     return kept if kept is not None and kept < epochs else None
 
 

@@ -102,7 +102,7 @@ def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, sr
 
     if not (cfg.others_weight > 0 or cfg.contrast_weight > 0):
         return train_samples, None
-    end = (src.character_index()[len(train_samples)] if held_out else len(src.lines)) if src is not None else 0
+    end = src.training_end(len(train_samples), held_out) if src is not None else 0
     cap = math.floor(cfg.others_ratio * len(train_samples))
     others = other_samples(src, end, cap=cap) if src is not None else []
     if not others:

@@ -76,6 +76,7 @@ def test_other_samples_are_prompted_with_their_own_speaker_and_stop_at_the_tail(
 
 def test_rival_lines_are_the_answer_else_the_line_before_and_never_from_the_tail():
     src = Source("Bob", 2, False, parse_dialogue(DIALOGUE))
+    assert (src.training_end(1, held_out=True), src.training_end(1, held_out=False)) == (4, 6)
     assert rival_lines(src, 2, end=6) == ["hey there", "ok"]
     assert rival_lines(src, 2, end=4) == ["hey there", "hey there"]  # "ok" is in the held-out tail
     assert rival_lines(src, 1, end=2) == ["hi"]  # no answer before the tail: the line before
