@@ -250,22 +250,24 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
 
     base_char, base_other, base_gens = measure(model)
     b_char, b_other = metrics.mean_loss(base_char), metrics.mean_loss(base_other)
-    reports = [Report.of("base", b_char, b_other, base_gens, split_losses=loss_split(base_char, base_other))]
+    base_split = loss_split(base_char, base_other)
+    reports = [Report.of("base", b_char, b_other, base_gens, split_losses=base_split)]
     for (name, seed), path in zip(names, paths):
         tuned = attach_adapters(model, [path], [1.0])
         char, other, gens = measure(tuned)
         model = tuned.unload()  # the LoRA layers out again: the next adapter starts from the plain base
         t_char, t_other = metrics.mean_loss(char), metrics.mean_loss(other)
         train_text = training_lines(path)
-        text_losses = [metrics.text_loss(x) for x in (base_char, char, base_other, other)]
+        split = loss_split(char, other)
         reports.append(Report.of(
             name if len(names) > 1 else "adapter", t_char, t_other, gens,
             metrics.ngram_index(train_text) if train_text is not None else None,
             specificity=metrics.specificity(b_char, t_char, b_other, t_other) if others else None,
-            text_specificity=metrics.specificity(*text_losses) if others else None,
+            text_specificity=metrics.specificity(base_split["character_text"], split["character_text"],
+                                                 base_split["others_text"], split["others_text"]) if others else None,
             attribution_auc=metrics.auc(metrics.gains(base_char, char), metrics.gains(base_other, other))
             if others else None,
-            seed=seed, split_losses=loss_split(char, other)))
+            seed=seed, split_losses=split))
     return reports
 
 
