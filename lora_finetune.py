@@ -57,6 +57,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="weight of a preference loss: the adapter's gain over the base must be larger on each of the "
                         "character's lines than on what another speaker said there, under the character's name (0: "
                         "off); a second row per sample; needs <dataset>.source.json")
+    p.add_argument("--preserve_weight", type=float, default=D.preserve_weight,
+                   help="weight, in [0, 1], of a loss that keeps the adapter's predictions on other speakers' lines "
+                        "(under their own names) those of the base model (0: off), so what it learns is tied to the "
+                        "character; one extra forward of those lines per step; needs <dataset>.source.json")
     p.add_argument("--others_ratio", type=float, default=D.others_ratio,
                    help="with --others_weight / --contrast_weight: at most this many other speakers' samples (of each "
                         "kind) per character sample")

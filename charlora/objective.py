@@ -1,6 +1,7 @@
 """The training objective: cross-entropy on reply tokens only (projected only
 where a loss is taken), optionally weighted per sample, with unlikelihood for
-lines the character did not say, wired into transformers' Trainer.
+lines the character did not say and a KL term that keeps other speakers'
+lines at the base model's predictions, wired into transformers' Trainer.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ReplyOnlyHead:
         self.ignore = IGNORE_INDEX
         self.keep = None
         self.eos_id, self.pair_weight, self.pairs = eos_id, pair_weight, None
+        self.preserve, self.base_logp = None, None
         head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else model.get_output_embeddings()
         self.handle = head.register_forward_pre_hook(self._select)
 
@@ -35,11 +37,34 @@ class ReplyOnlyHead:
             return None  # generation / evaluation outside training: untouched
         return (args[0][:, :-1][self.keep].unsqueeze(0), *args[1:])
 
-    def arm(self, labels, weights=None, pairs=None) -> None:
+    def arm(self, labels, weights=None, pairs=None, preserve=None) -> None:
         self.keep = labels[:, 1:] != self.ignore
         self.pairs = pairs  # --pair_weight: which rows pair up (charlora.pairs.collate_with_rivals)
         # one loss weight per kept token: its sample's (--others_weight)
         self.weights = None if weights is None else weights[:, None].expand_as(self.keep)[self.keep]
+        # --preserve_weight: which kept tokens belong to rows kept at the base's predictions
+        self.preserve = (None if preserve is None or not preserve.any()
+                         else preserve.bool()[:, None].expand_as(self.keep)[self.keep])
+        self.base_logp = None
+
+    def base_log_probs(self, model, inputs, preserve) -> None:
+        """The base model's next-token log-probabilities at the kept tokens of
+        the preserve rows, in the order loss() meets them: one no-gradient
+        forward of just those rows with the adapter off and in eval mode, so
+        neither NEFTune's noise nor dropout reaches the reference."""
+        import torch
+
+        rows = preserve.bool().nonzero()[:, 0]
+        keep, was_training = self.keep, model.training
+        self.keep = keep[rows]
+        model.eval()
+        try:
+            with torch.no_grad(), model.disable_adapter():
+                args = {k: inputs[k][rows] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+                self.base_logp = torch.log_softmax(model(**args).logits[0].float(), dim=-1)
+        finally:
+            self.keep = keep
+            model.train(was_training)
 
     def loss(self, outputs, labels, num_items_in_batch=None):
         """Trainer's compute_loss_func: sum of (weighted) token losses / the
@@ -61,7 +86,11 @@ class ReplyOnlyHead:
             # unlikelihood, -log(1 - p), which pushes p down but, unlike a negated
             # cross-entropy, is bounded below and stops pushing once p is small
             unlikely = -torch.log1p(-torch.exp(-nll.clamp(min=1e-4)))
-            total = (torch.where(w < 0, unlikely, nll) * w.abs()).sum()
+            term = torch.where(w < 0, unlikely, nll)
+            if self.preserve is not None:
+                term = term.masked_scatter(self.preserve, kl_to_base(outputs.logits[0][self.preserve], self.base_logp))
+                self.preserve, self.base_logp = None, None
+            total = (term * w.abs()).sum()
             count = w.abs().sum()
             if self.pairs is not None and len(self.pairs):
                 from charlora.pairs import pair_term
@@ -70,6 +99,17 @@ class ReplyOnlyHead:
                 total = total + pair_term(nll, target, rows, keep.shape[0], self.pairs.to(nll.device), self.eos_id,
                                           self.pair_weight)
         return total / (num_items_in_batch if num_items_in_batch is not None else max(1, count))
+
+
+def kl_to_base(logits, base_logp):
+    """Per position, KL(base || adapter) = sum_v p_base(v) (log p_base(v) -
+    log p_adapter(v)): the forward KL of distillation, which is 0 exactly
+    where the adapter predicts what the base does and weighs most the
+    tokens the base found likely."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (base_logp.exp() * (base_logp - logp)).sum(-1)
 
 
 def weighted_items(batches: list[dict]):
@@ -89,7 +129,10 @@ def make_trainer_class():
             self.reply_head = reply_head
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None), inputs.pop("pairs", None))
+            preserve = inputs.pop("preserve", None)
+            self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None), inputs.pop("pairs", None), preserve)
+            if self.reply_head.preserve is not None:
+                self.reply_head.base_log_probs(self.accelerator.unwrap_model(model), inputs, preserve)
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):

@@ -92,6 +92,14 @@ class TrainConfig:
     (charlora.pairs): it learns what sets the person apart.  Costs a second
     row (the rival line) per character sample and one base-model pass
     before training."""
+    preserve_weight: float = 0.0
+    """Weight of a loss that keeps the adapter's predictions on other speakers'
+    lines (each under its own name) those of the base model: the KL divergence
+    from the base's next-token distribution, per reply token (0 = off).  What
+    the adapter changes is then tied to the character's name, not spread over
+    everyone in the text.  Uses the same source lines and --others_ratio cap
+    as --others_weight; costs one base-model forward (no gradient) of those
+    rows per step."""
     others_ratio: float = 1.0
     """With --others_weight: at most this many other speakers' samples per
     character sample, spread evenly over the source (each costs as much
@@ -173,6 +181,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError(f"--others_ratio must be a positive number, got {cfg.others_ratio}")
     check_others_weight(cfg.others_weight, "--others_weight")
     check_others_weight(cfg.contrast_weight, "--contrast_weight")
+    check_others_weight(cfg.preserve_weight, "--preserve_weight")
+    if cfg.preserve_weight and (cfg.others_weight or cfg.contrast_weight):
+        raise CharloraError("--preserve_weight keeps other speakers' lines at the base model's predictions; it can't be "
+                            "combined with --others_weight or --contrast_weight, which train on the same lines")
     require_finite("--pair_weight", cfg.pair_weight, 0, 100)
     if not 0 <= cfg.warmup < 1:
         raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
@@ -191,12 +203,13 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
     if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
         raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
-    if (cfg.others_weight or cfg.contrast_weight or cfg.pair_weight) and (cfg.packing or cfg.pcw_windows):
-        raise CharloraError("--others_weight, --contrast_weight and --pair_weight can't be combined with --packing or --pcw_windows yet: their collators "
+    if (cfg.others_weight or cfg.contrast_weight or cfg.pair_weight or cfg.preserve_weight) and (cfg.packing or cfg.pcw_windows):
+        raise CharloraError("--others_weight, --contrast_weight, --pair_weight and --preserve_weight can't be combined with --packing or --pcw_windows yet: their collators "
                             "carry no per-sample loss weight; drop one of the two")
-    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight or cfg.pair_weight):
+    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight or cfg.pair_weight
+                       or cfg.preserve_weight):
         raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight, "
-                            "--contrast_weight or --pair_weight: a band has its own layout and one loss weight; "
+                            "--contrast_weight, --pair_weight or --preserve_weight: a band has its own layout and one loss weight; "
                             "drop one of them")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "

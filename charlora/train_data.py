@@ -95,12 +95,13 @@ def make_collator(tokenizer: Any, packing: bool, flash_attention: bool = False, 
 
 def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, src, why_not: str | None, log):
     """(training samples, loss weights or None): the character's samples, then
-    other speakers' lines at --others_weight and/or, under the character's
-    name, at -(--contrast_weight) (unlikelihood).  Only lines before the
-    held-out tail, so nothing of the tail's scenes is trained on."""
+    other speakers' lines at --others_weight, or under the character's
+    name at -(--contrast_weight) (unlikelihood), or at --preserve_weight
+    marked "preserve" (kept at the base's predictions).  Only lines before
+    the held-out tail, so nothing of the tail's scenes is trained on."""
     from charlora.source import other_samples
 
-    if not (cfg.others_weight > 0 or cfg.contrast_weight > 0):
+    if not (cfg.others_weight > 0 or cfg.contrast_weight > 0 or cfg.preserve_weight > 0):
         return train_samples, None
     end = src.training_end(len(train_samples), held_out) if src is not None else 0
     cap = math.floor(cfg.others_ratio * len(train_samples))
@@ -117,5 +118,10 @@ def add_other_speakers(cfg: TrainConfig, train_samples: list, held_out: bool, sr
         log(f"contrast: {len(as_character)} other speakers' lines under {src.name}: at unlikelihood weight "
             f"{cfg.contrast_weight:g}")
         train_samples, weights = train_samples + as_character, weights + [-cfg.contrast_weight] * len(as_character)
+    if cfg.preserve_weight > 0:
+        log(f"preserve: {len(others)} other speakers' lines kept at the base model's predictions, at weight "
+            f"{cfg.preserve_weight:g}")
+        train_samples = [{**s, "preserve": 0} for s in train_samples] + [{**s, "preserve": 1} for s in others]
+        weights = weights + [cfg.preserve_weight] * len(others)
     return train_samples, weights
 

@@ -266,3 +266,27 @@ def chat_models(tmp_path_factory, tiny_tokenizers, tiny_dataset):
                       neftune_noise_alpha=0)
     result = train(cfg, log=lambda *a, **k: None)
     return models, loras, result.samples
+
+
+@pytest.fixture
+def apples(tmp_path):
+    """A processed dataset (and its source file) of 40 exchanges, Bob answering Alice."""
+    import prepare_dataset
+
+    dialogue = tmp_path / "apples.txt"
+    dialogue.write_text("\n".join(f"Alice:How many apples, Bob? Day {i}.\nBob:I have {i} apples for you, Alice."
+                                  for i in range(40)) + "\n")
+    data = tmp_path / "bob.json"
+    assert prepare_dataset.main(["-n", "Bob", "-r", "2", "-t", str(dialogue), "-j", str(data)]) == 0
+    return data
+
+
+def train_apples(models_dir, tmp_path, data, name: str, *flags: str, steps: int = 2) -> dict:
+    """Train the tiny llama on `data` for `steps` steps (no held-out slice) and return the adapter's tensors."""
+    import lora_finetune
+    from safetensors.torch import load_file
+
+    assert lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
+                               "-d", str(data), "--max_steps", str(steps), "--sample_replies", "0", "--dtype", "fp32",
+                               "--eval_split", "0", "-l", name, *flags]) == 0
+    return load_file(tmp_path / "loras" / name / "adapter_model.safetensors")

@@ -173,19 +173,6 @@ def test_other_samples_under_the_characters_name():
     ]
 
 
-@pytest.fixture
-def apples(tmp_path):
-    """A processed dataset (and its source file) of 40 exchanges, Bob answering Alice."""
-    import prepare_dataset
-
-    dialogue = tmp_path / "apples.txt"
-    dialogue.write_text("\n".join(f"Alice:How many apples, Bob? Day {i}.\nBob:I have {i} apples for you, Alice."
-                                  for i in range(40)) + "\n")
-    data = tmp_path / "bob.json"
-    assert prepare_dataset.main(["-n", "Bob", "-r", "2", "-t", str(dialogue), "-j", str(data)]) == 0
-    return data
-
-
 def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_path, apples, capsys):
     import lora_finetune
 
@@ -207,17 +194,13 @@ def test_training_holds_out_the_tail_and_adds_other_speakers(models_dir, tmp_pat
 
 
 def test_pair_weight_pairs_each_training_line_with_the_answer_and_changes_the_update(models_dir, tmp_path, apples, capsys):
-    import lora_finetune
-    from safetensors.torch import load_file
+    from conftest import train_apples
 
-    common = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(apples),
-              "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32", "--eval_split", "0"]
-    assert lora_finetune.main(common + ["-l", "plain"]) == 0
+    plain = train_apples(models_dir, tmp_path, apples, "plain")
     capsys.readouterr()
-    assert lora_finetune.main(common + ["-l", "paired", "--pair_weight", "1"]) == 0
+    paired = train_apples(models_dir, tmp_path, apples, "paired", "--pair_weight", "1")
     # every one of Bob's 40 lines but the last is answered by Alice's next question; the last by the one before it
     assert "pairs: 40 of the character's lines against what another speaker said there, at weight 1" in capsys.readouterr().out
-    plain, paired = (load_file(tmp_path / "loras" / n / "adapter_model.safetensors") for n in ("plain", "paired"))
     assert plain.keys() == paired.keys()
     assert any(not torch.equal(plain[k], paired[k]) for k in plain)
 
