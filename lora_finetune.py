@@ -70,6 +70,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--packing", action="store_true", help="padding-free batches: samples concatenated with per-sample attention (same loss, no compute on padding)")
     p.add_argument("--pcw_windows", type=int, default=D.pcw_windows, help="train on Parallel Context Windows: older context split into N windows sharing positions (0: off); costs the full context's compute, not with --packing")
     p.add_argument("--pcw_recent", type=int, default=D.pcw_recent, help="with --pcw_windows: context lines kept next to the reply, outside the windows")
+    p.add_argument("--frozen_context", action=argparse.BooleanOptionalAction, default=D.frozen_context,
+                   help="run each sample's context forward only (into a cache) and train through the reply alone: the "
+                        "same loss without the backward pass over the context (not with --packing, --pcw_windows, "
+                        "--banded, --pair_weight, --preserve_weight)")
     p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once (not with --packing, --pcw_windows, --others_weight, --contrast_weight)")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
     p.add_argument("--save_steps", type=int, default=D.save_steps, help="checkpoint every N optimizer steps into loras/<lora_name>/checkpoints/ (0: every tenth of the run; also at the end and on Ctrl-C)")

@@ -124,16 +124,34 @@ def make_trainer_class():
     class ReplyOnlyTrainer(Trainer):
         """Trainer whose loss projects only reply positions (see ReplyOnlyHead)."""
 
-        def __init__(self, *args, reply_head: ReplyOnlyHead, **kwargs):
+        def __init__(self, *args, reply_head: ReplyOnlyHead, frozen_context: bool = False, pad_id: int = 0, **kwargs):
             super().__init__(*args, compute_loss_func=reply_head.loss, **kwargs)
-            self.reply_head = reply_head
+            self.reply_head, self.frozen_context, self.pad_id = reply_head, frozen_context, pad_id
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.frozen_context:
+                return self.frozen_context_loss(model, inputs, return_outputs, num_items_in_batch)
             preserve = inputs.pop("preserve", None)
             self.reply_head.arm(inputs["labels"], inputs.pop("loss_weight", None), inputs.pop("pairs", None), preserve)
             if self.reply_head.preserve is not None:
                 self.reply_head.base_log_probs(self.accelerator.unwrap_model(model), inputs, preserve)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def frozen_context_loss(self, model, inputs, return_outputs, num_items_in_batch):
+            """--frozen_context (charlora.frozen_context): the context forward
+            only into a cache, then the reply with gradients; the same loss."""
+            from charlora import frozen_context as fc
+
+            full = inputs["input_ids"].shape[1]
+            parts = {k: v.to(inputs["input_ids"].device) for k, v in fc.split_at_replies(
+                inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.pad_id).items()}
+            cache = fc.cache_context(self.accelerator.unwrap_model(model), parts, full)
+            self.reply_head.arm(parts["labels"], inputs.get("loss_weight"))
+            outputs = fc.trained_pass(model, parts, cache, full)
+            loss = self.reply_head.loss(outputs, parts["labels"], num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales its own
+            return (loss, outputs) if return_outputs else loss
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)

@@ -138,6 +138,13 @@ class TrainConfig:
     own window, up to --rounds lines further back than inside a sample.  Off by
     default: docs/benchmarks.md, "Line-banded attention", has its quality and
     speed.  Not with --packing, --pcw_windows, --others_weight or --contrast_weight."""
+    frozen_context: bool = False
+    """Run each sample's context forward only, into a key/value cache, and
+    train through the reply alone (charlora.frozen_context): the same loss,
+    no backward pass over the ~85% of play-sample tokens that are context.
+    The gradient no longer reaches how the adapter changes the context's keys
+    and values.  Not with --packing, --pcw_windows, --banded, --pair_weight
+    or --preserve_weight."""
     save_steps: int = 0
     """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
     (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
@@ -211,6 +218,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight, "
                             "--contrast_weight, --pair_weight or --preserve_weight: a band has its own layout and one loss weight; "
                             "drop one of them")
+    if cfg.frozen_context and (cfg.packing or cfg.pcw_windows or cfg.banded or cfg.pair_weight or cfg.preserve_weight):
+        raise CharloraError("--frozen_context can't be combined with --packing, --pcw_windows, --banded, --pair_weight "
+                            "or --preserve_weight: it lays out each batch's context itself; drop one of them")
     if cfg.pcw_windows and cfg.packing:
         raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
                             "each sample's window mask; drop one of the two")
