@@ -27,6 +27,9 @@ Variants (`--variants`; VARIANTS below is the one source of each one's settings)
                  grouped by length, vocabulary projection at reply positions
   packed         default + --packing (padding-free, per-sample attention)
   checkpointing  default + --gradient_checkpointing (the memory-saving path)
+  frozen         default + --frozen_context (each sample's context forward
+                 only into a cache, the reply trained through; computed
+                 tokens count both passes)
   8bit           default + --quantization 8bit --gradient_checkpointing (the
                  smallest-memory path; 8-bit is slow on CPU)
   trl_defaults   TRL's SFTTrainer with SFTConfig's own defaults where we set
@@ -91,6 +94,8 @@ class Variant:
     quantization: str = "none"
     banded: bool = False
     """charlora only: --banded (a run of lines a sequence, charlora.banded)."""
+    frozen_context: bool = False
+    """charlora only: --frozen_context (context forward only, charlora.frozen_context)."""
 
 
 VARIANTS = {
@@ -103,6 +108,8 @@ VARIANTS = {
     # real_tokens stays the per-sample encoding's count: the same replies with the
     # same context windows, computed once where samples overlap
     "banded": Variant("charlora", group_by_length=True, banded=True),
+    # computed_tokens counts both passes: the context block (forward only) and the trained block
+    "frozen": Variant("charlora", group_by_length=True, frozen_context=True),
     "8bit": Variant("charlora", group_by_length=True, gradient_checkpointing=True, quantization="8bit"),
     "trl_defaults": Variant("trl", gradient_checkpointing=True),
     "trl_nogc": Variant("trl"),
@@ -140,6 +147,7 @@ def charlora_config(name: str, a, loras_dir: str):
                        eval_split=0,
                        lora_dropout=v.lora_dropout, target_modules=LORA["target_modules"],
                        gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free", banded=v.banded,
+                       frozen_context=v.frozen_context,
                        quantization="8bit" if v.quantization == "8bit" else "auto")
 
 
