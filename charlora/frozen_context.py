@@ -17,11 +17,14 @@ The adapter still learns from every reply token through every layer.  What is
 saved is the backward pass over the context and the memory its activations
 would hold.
 
-The batch arrives right-padded (DataCollatorForSeq2Seq).  The context is
-moved to a left-padded block, so that every row's context ends at the same
-column and its reply follows at once; the rest goes into a right-padded
-block.  Position ids are passed explicitly so rotary positions are the
-unsplit sample's.
+The batch arrives right-padded (DataCollatorForSeq2Seq) and grouped by
+length, so its rows' contexts end at nearby columns.  The cut is one column
+for the whole batch: the earliest point any row's reply needs.  Everything
+left of it is context in every row, with no padding (every row is at least
+that long), and a row whose context runs past the cut trains through that
+part as the default step does.  One column keeps both blocks as dense as the
+batch itself (a per-row cut would left-pad the contexts: 20% more tokens
+computed on play data, and a slower step).
 """
 from __future__ import annotations
 
@@ -31,36 +34,29 @@ from typing import Any
 IGNORE = -100
 
 
-def split_at_replies(input_ids: Any, attention_mask: Any, labels: Any, pad_id: int) -> dict:
-    """The two passes' tensors for a right-padded batch.
+def context_cut(labels: Any) -> int:
+    """The batch's cut column: the smallest (first labelled position - 1) over
+    rows that have a label.  The token at that column predicts a reply's
+    first token, so it must be in the trained pass.  0 when nothing is
+    labelled."""
+    labelled = labels != IGNORE
+    firsts = [int(row.nonzero()[0]) for row in labelled if row.any()]
+    return max(0, min(firsts) - 1) if firsts else 0
 
-    Row i is cut at c_i = (its first labelled position) - 1: the token at c_i
-    predicts the reply's first token, so it must be in the trained pass.  A
-    row with no label at all is cut at 0 (all of it in the second pass).
-    Returns context_ids / context_mask / context_positions (B, Lc, left-padded)
-    and ids / mask / positions / labels (B, Lr, right-padded), where mask is
-    the (B, Lc + Lr) mask of the cached context followed by the rest."""
+
+def split_at_replies(input_ids: Any, attention_mask: Any, labels: Any) -> dict:
+    """The two passes' tensors: the columns left of the cut (the context
+    pass) and the rest, whose mask spans both (the cached context, then its
+    own), whose positions continue from the cut, and which carries the labels."""
     import torch
 
-    n_rows = input_ids.shape[0]
-    lengths = attention_mask.sum(1).tolist()
-    labelled = labels != IGNORE
-    cuts = [max(0, int(labelled[i].nonzero()[0]) - 1) if labelled[i].any() else 0 for i in range(n_rows)]
-    lc = max(cuts)
-    lr = max(n - c for n, c in zip(lengths, cuts))
-    ctx = torch.full((n_rows, lc), pad_id, dtype=input_ids.dtype)
-    ctx_mask = torch.zeros((n_rows, lc), dtype=attention_mask.dtype)
-    ctx_pos = torch.zeros((n_rows, lc), dtype=torch.long)
-    ids = torch.full((n_rows, lr), pad_id, dtype=input_ids.dtype)
-    mask = torch.zeros((n_rows, lr), dtype=attention_mask.dtype)
-    tail_labels = torch.full((n_rows, lr), IGNORE, dtype=labels.dtype)
-    for i, (n, c) in enumerate(zip(lengths, cuts)):
-        ctx[i, lc - c :], ctx_mask[i, lc - c :] = input_ids[i, :c], 1
-        ctx_pos[i, lc - c :] = torch.arange(c)
-        ids[i, : n - c], mask[i, : n - c], tail_labels[i, : n - c] = input_ids[i, c:n], 1, labels[i, c:n]
-    positions = torch.tensor(cuts)[:, None] + torch.arange(lr)[None, :]
-    return {"context_ids": ctx, "context_mask": ctx_mask, "context_positions": ctx_pos, "ids": ids,
-            "mask": torch.cat([ctx_mask, mask], dim=1), "positions": positions, "labels": tail_labels}
+    cut = context_cut(labels)
+    return {"context_ids": input_ids[:, :cut], "context_mask": attention_mask[:, :cut],
+            "context_positions": torch.arange(cut, device=input_ids.device).expand(input_ids.shape[0], cut),
+            "ids": input_ids[:, cut:], "mask": attention_mask,
+            "positions": torch.arange(cut, input_ids.shape[1], device=input_ids.device).expand(
+                input_ids.shape[0], input_ids.shape[1] - cut),
+            "labels": labels[:, cut:]}
 
 
 @contextmanager

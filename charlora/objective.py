@@ -124,9 +124,9 @@ def make_trainer_class():
     class ReplyOnlyTrainer(Trainer):
         """Trainer whose loss projects only reply positions (see ReplyOnlyHead)."""
 
-        def __init__(self, *args, reply_head: ReplyOnlyHead, frozen_context: bool = False, pad_id: int = 0, **kwargs):
+        def __init__(self, *args, reply_head: ReplyOnlyHead, frozen_context: bool = False, **kwargs):
             super().__init__(*args, compute_loss_func=reply_head.loss, **kwargs)
-            self.reply_head, self.frozen_context, self.pad_id = reply_head, frozen_context, pad_id
+            self.reply_head, self.frozen_context = reply_head, frozen_context
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.frozen_context:
@@ -143,8 +143,7 @@ def make_trainer_class():
             from charlora import frozen_context as fc
 
             full = inputs["input_ids"].shape[1]
-            parts = {k: v.to(inputs["input_ids"].device) for k, v in fc.split_at_replies(
-                inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.pad_id).items()}
+            parts = fc.split_at_replies(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
             cache = fc.cache_context(self.accelerator.unwrap_model(model), parts, full)
             self.reply_head.arm(parts["labels"], inputs.get("loss_weight"))
             outputs = fc.trained_pass(model, parts, cache, full)

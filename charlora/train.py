@@ -263,8 +263,7 @@ def build_trainer(cfg: TrainConfig, plan: Plan, base: Base, model: Any, data: Da
                               cfg.pcw_windows, cfg.pcw_recent, cfg.early_stop) if data.eval_samples else None
     saver = checkpoints.make_interrupt_saver(log, keeper.save_to if keeper else None)
     trainer = make_trainer_class()(model=model, args=args, train_dataset=data.rows, data_collator=collator,
-                                   reply_head=reply_head, frozen_context=cfg.frozen_context,
-                                   pad_id=base.tokenizer.pad_token_id, callbacks=[saver] + ([keeper] if keeper else []) + [guards.make_divergence_guard()])
+                                   reply_head=reply_head, frozen_context=cfg.frozen_context, callbacks=[saver] + ([keeper] if keeper else []) + [guards.make_divergence_guard()])
     per_step = batch_size * grad_accum * world
     unit = "bands" if cfg.banded else "samples"
     log(f"training on {len(data.rows)} {unit} ({len(data.eval_samples)} held out), {total_steps} optimizer steps of "

@@ -5,22 +5,25 @@ import torch
 from conftest import FAMILY_TOKENIZER, tiny_config
 
 
-def test_split_at_replies_exact():
-    from charlora.frozen_context import split_at_replies
+def test_split_at_replies_cuts_every_row_at_the_earliest_reply():
+    from charlora.frozen_context import context_cut, split_at_replies
 
-    ids = torch.tensor([[11, 12, 13, 14, 15, 0], [21, 22, 23, 0, 0, 0], [31, 32, 33, 34, 35, 36]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
-    labels = torch.tensor([[-100, -100, -100, 14, 15, -100], [-100, 22, 23, -100, -100, -100],
+    ids = torch.tensor([[11, 12, 13, 14, 15, 0], [21, 22, 23, 24, 0, 0], [31, 32, 33, 34, 35, 36]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    labels = torch.tensor([[-100, -100, -100, -100, 15, -100], [-100, -100, -100, 24, -100, -100],
                            [-100, -100, -100, -100, -100, -100]])  # the last row: nothing labelled
-    p = split_at_replies(ids, mask, labels, pad_id=0)
-    # cuts: 2 (labels from 3), 0 (labels from 1), 0 (none); the context left-padded, the rest right-padded
-    assert p["context_ids"].tolist() == [[11, 12], [0, 0], [0, 0]]
-    assert p["context_mask"].tolist() == [[1, 1], [0, 0], [0, 0]]
-    assert p["context_positions"].tolist() == [[0, 1], [0, 0], [0, 0]]
-    assert p["ids"].tolist() == [[13, 14, 15, 0, 0, 0], [21, 22, 23, 0, 0, 0], [31, 32, 33, 34, 35, 36]]
-    assert p["mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1]]
-    assert p["positions"].tolist() == [[2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]
-    assert p["labels"].tolist() == [[-100, 14, 15, -100, -100, -100], [-100, 22, 23, -100, -100, -100], [-100] * 6]
+    # first labels at 4 and 3 (none in row 3): the token at 2 predicts the earliest reply
+    assert context_cut(labels) == 2
+    assert context_cut(torch.full((2, 3), -100)) == 0
+    assert context_cut(torch.tensor([[5, 6, -100]])) == 0  # a label at 0: nothing before it
+    p = split_at_replies(ids, mask, labels)
+    assert p["context_ids"].tolist() == [[11, 12], [21, 22], [31, 32]]
+    assert p["context_mask"].tolist() == [[1, 1], [1, 1], [1, 1]]
+    assert p["context_positions"].tolist() == [[0, 1]] * 3
+    assert p["ids"].tolist() == [[13, 14, 15, 0], [23, 24, 0, 0], [33, 34, 35, 36]]
+    assert p["mask"].tolist() == mask.tolist()
+    assert p["positions"].tolist() == [[2, 3, 4, 5]] * 3
+    assert p["labels"].tolist() == [[-100, -100, 15, -100], [-100, 24, -100, -100], [-100] * 4]
 
 
 def lora_model(family, tiny_tokenizers):
@@ -39,7 +42,7 @@ def batch():
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 0, 0, 0], [20, 21, 22, 23, 24, 25, 26, 0]])
     mask = (torch.arange(8)[None, :] < torch.tensor([[8], [5], [7]])).long()
     labels = torch.full_like(ids, -100)
-    labels[0, 5:8], labels[1, 2:5], labels[2, 6:7] = ids[0, 5:8], ids[1, 2:5], ids[2, 6:7]
+    labels[0, 5:8], labels[1, 3:5], labels[2, 6:7] = ids[0, 5:8], ids[1, 3:5], ids[2, 6:7]  # cut at column 2
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -50,7 +53,7 @@ def losses_and_grads(model, inputs, frozen: bool):
     head = ReplyOnlyHead(model)
     model.zero_grad()
     if frozen:
-        parts = fc.split_at_replies(inputs["input_ids"], inputs["attention_mask"], inputs["labels"], 0)
+        parts = fc.split_at_replies(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         cache = fc.cache_context(model, parts, inputs["input_ids"].shape[1])
         head.arm(parts["labels"])
         loss = head.loss(fc.trained_pass(model, parts, cache, inputs["input_ids"].shape[1]), parts["labels"])
