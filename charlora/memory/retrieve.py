@@ -62,9 +62,10 @@ RRF_K = 60
 KEYWORD_WEIGHT = 0.5
 # hybrid relevance -> (1 - this) x relevance + this x the keyword relevance of each turn for the
 # words of the best match the question lacks (_feedback, pseudo-relevance feedback).  Chosen on
-# the tuning split, 60 conversations (seeds 0-2): 0.05 gave recall@5 0.917 against 0.910 without,
-# paraphrase 0.789 (embedding-only 0.786; without: 0.781), multi-hop 0.917 (0.888); 0.03 and
-# 0.07-0.1 were lower overall and on paraphrase (docs/benchmarks.md).
+# the tuning split, 60 conversations (seeds 0-2, docs/memory/tune30.json, tune_seed1.json,
+# tune_seed2.json): 0.05 gave recall@5 0.916 against 0.910 without, paraphrase 0.788 (embedding-only
+# 0.786; without: 0.781), multi-hop 0.917 (0.888); 0.07 and 0.1 tied overall but fell below
+# embedding-only on paraphrase, 0.03 was lower overall (docs/benchmarks.md).
 FEEDBACK_WEIGHT = 0.05
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
