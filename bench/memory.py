@@ -305,6 +305,9 @@ def main(argv=None) -> int:
         result["seconds"] = round(time.time() - started)
         print_tables(result)
         out = args.out or f"docs/memory/{args.split}.json"
+    # The load at the end too: environment() has it at the start only, and a run on a shared
+    # machine can start alone on its core and end sharing it.
+    result["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
