@@ -13,7 +13,7 @@ day after the last session, over the whole memory.
 
 Per question kind, for chat's retrieval (charlora.memory.retrieve, threshold
 0 so the ranking is what counts) in its default (hybrid) and its keyword-only
-and embedding-only settings, a few fusion variants, and baselines computed
+and embedding-only settings, a few fusion and feedback variants, and baselines computed
 in the same run: plain BM25 (bm25s, no stemming, English stop words) over
 the text alone and over "Speaker: text", and MiniLM cosine over each:
 - evidence recall@5 / @10: the share of a question's evidence turns in the top 5 / 10;
@@ -57,16 +57,18 @@ from charlora.prompt import build_prompt  # noqa: E402
 DAY = 86400.0
 # name -> retrieve() arguments; the first is chat's default.
 VARIANTS = {
-    "chat default (hybrid, adaptive 0.5 x coverage)": {},
+    "chat default (hybrid, adaptive 0.5 x coverage, feedback 0.05)": {},
     "keyword only": {"method": "keyword"},
     "embedding only": {"method": "embedding"},
-    "hybrid, adaptive 0.4 x coverage": {"keyword_weight": 0.4},
-    "hybrid, adaptive 0.6 x coverage": {"keyword_weight": 0.6},
-    "hybrid, fixed 0.4 (the previous default)": {"keyword_weight": 0.4, "adaptive": False},
-    "hybrid, fixed 0.2": {"keyword_weight": 0.2, "adaptive": False},
-    "hybrid, fixed 0.6": {"keyword_weight": 0.6, "adaptive": False},
+    "hybrid, no feedback (the previous default)": {"feedback_weight": 0.0},
+    "hybrid, feedback 0.03": {"feedback_weight": 0.03},
+    "hybrid, feedback 0.07": {"feedback_weight": 0.07},
+    "hybrid, feedback 0.1": {"feedback_weight": 0.1},
+    "hybrid, adaptive 0.4 x coverage, feedback 0.05": {"keyword_weight": 0.4},
+    "hybrid, adaptive 0.6 x coverage, feedback 0.05": {"keyword_weight": 0.6},
+    "hybrid, fixed 0.4, no feedback (an earlier default)": {"keyword_weight": 0.4, "adaptive": False,
+                                                           "feedback_weight": 0.0},
     "hybrid, RRF (k=60)": {"fusion": "rrf"},
-    "hybrid, recency 0.5 (7-day half-life)": {"recency_weight": 0.5},
     "hybrid, recency 0.1 (7-day half-life)": {"recency_weight": 0.1},
 }
 # The prompt rows: chat's default --recall_threshold (None), then others to compare.
@@ -303,6 +305,9 @@ def main(argv=None) -> int:
         result["seconds"] = round(time.time() - started)
         print_tables(result)
         out = args.out or f"docs/memory/{args.split}.json"
+    # The load at the end too: environment() has it at the start only, and a run on a shared
+    # machine can start alone on its core and end sharing it.
+    result["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -1,6 +1,9 @@
 """Hybrid recall's fusion: the keyword side's weight follows how much of the
 question its best match explains (retrieve.adaptive_weight), so one shared
-word no longer lifts a wrong line over the paraphrase the embedding found."""
+word no longer lifts a wrong line over the paraphrase the embedding found;
+then pseudo-relevance feedback (retrieve.feedback_query) searches the words of
+the best match that the question lacks.  The weight tests run without the
+feedback (feedback_weight=0) so that their relevances are the fusion's alone."""
 from __future__ import annotations
 
 import math
@@ -10,7 +13,8 @@ import pytest
 
 from charlora.dialogue import Line
 from charlora.memory import MemoryStore
-from charlora.memory.retrieve import KEYWORD_WEIGHT, adaptive_weight, coverage, retrieve
+from charlora.memory.retrieve import (FEEDBACK_WEIGHT, KEYWORD_HALF, KEYWORD_WEIGHT, adaptive_weight, coverage,
+                                      feedback_query, retrieve)
 
 
 def test_adaptive_weight_is_the_weight_times_the_best_coverage():
@@ -58,9 +62,9 @@ def store(tmp_path):
 def test_a_one_word_keyword_match_no_longer_outranks_the_paraphrase(store):
     embedder = FixedEmbedder({QUESTION: (1.0, 0.0), EVIDENCE: unit(0.5), LOOKALIKE: unit(0.4)})
     assert coverage(QUESTION, LOOKALIKE) == 0.25
-    fixed = retrieve(store, QUESTION, "hybrid", embedder, k=2, keyword_weight=0.4, adaptive=False)
+    fixed = retrieve(store, QUESTION, "hybrid", embedder, k=2, keyword_weight=0.4, adaptive=False, feedback_weight=0)
     assert [h.text for h in fixed] == [LOOKALIKE, EVIDENCE]  # the old rule: 0.4 x keyword tips it
-    hits = retrieve(store, QUESTION, "hybrid", embedder, k=2)
+    hits = retrieve(store, QUESTION, "hybrid", embedder, k=2, feedback_weight=0)
     assert [h.text for h in hits] == [EVIDENCE, LOOKALIKE]
     w = adaptive_weight(KEYWORD_WEIGHT, 0.25)  # 0.125: the best match explains a quarter of the question
     assert hits[0].keyword == 0.0 and hits[0].relevance == pytest.approx((1 - w) * 0.5, abs=1e-6)
@@ -71,7 +75,54 @@ def test_a_question_its_keyword_match_explains_keeps_the_keyword_weight(store):
     question = "What does Gwen read in her book club?"  # content words: gwen, read, book, club
     embedder = FixedEmbedder({question: (1.0, 0.0), EVIDENCE: unit(0.5), LOOKALIKE: unit(0.4)})
     assert coverage(question, LOOKALIKE) == 0.5
-    hits = retrieve(store, question, "hybrid", embedder, k=2)
+    hits = retrieve(store, question, "hybrid", embedder, k=2, feedback_weight=0)
     w = adaptive_weight(KEYWORD_WEIGHT, 0.5)
     assert w == 0.25 and hits[0].text == LOOKALIKE
     assert hits[0].relevance == pytest.approx(w * hits[0].keyword + (1 - w) * 0.4, abs=1e-6)
+
+
+def test_feedback_query_is_the_best_matchs_content_words_the_question_lacks():
+    assert feedback_query("What does Caroline play musically?", "My niece is learning the viola too.") == \
+        '"niece" OR "learning" OR "viola"'
+    assert feedback_query("What did Nadia's boss buy?", "My boss is a guy called Boris.") == \
+        '"guy" OR "called" OR "boris"'  # "boss" is asked already
+    assert feedback_query("Is my sister well?", "My sister.") == ""  # nothing new: no second search
+    assert FEEDBACK_WEIGHT == 0.05
+
+
+PLAY = "What does Caroline play musically?"       # no word of any line below
+HARP = "I've been learning the harp for two years."  # the evidence, third by cosine
+VIOLA = "My niece is learning the viola too."      # the look-alike, first by cosine: its "learning" is the evidence's
+RIVER = "I went for a walk by the river."          # second by cosine, shares no word with the look-alike
+FILLER = ["The bus was late again.", "I had toast for breakfast.", "My phone battery died.", "I need new shoes.",
+          "The coffee here is not great.", "There's a new bakery on the corner."]
+
+
+@pytest.fixture
+def music(tmp_path):
+    store = MemoryStore(tmp_path / "m.sqlite", "Bob", "Caroline")
+    sid, _, _ = store.session("s1", 1.0)
+    for i, text in enumerate((HARP, VIOLA, RIVER, *FILLER)):
+        store.add_turn(sid, Line("Caroline", text), 2.0 + i)
+    embedder = FixedEmbedder({PLAY: (1.0, 0.0), HARP: unit(0.30), VIOLA: unit(0.50), RIVER: unit(0.305),
+                              **{t: unit(0.05) for t in FILLER}})
+    yield store, embedder
+    store.close()
+
+
+def test_the_best_matchs_words_lift_the_evidence_that_shares_them(music):
+    store, embedder = music
+    before = retrieve(store, PLAY, "hybrid", embedder, k=3, feedback_weight=0)
+    assert [h.text for h in before] == [VIOLA, RIVER, HARP]
+    hits = retrieve(store, PLAY, "hybrid", embedder, k=3)
+    assert [h.text for h in hits] == [VIOLA, HARP, RIVER]
+    (harp_bm25,) = [s for ref, s in store.keyword_search("turn", feedback_query(PLAY, VIOLA), 10) if ref == 1]
+    g = FEEDBACK_WEIGHT  # no keyword match: the fused relevance is the cosine alone
+    assert hits[1].relevance == pytest.approx((1 - g) * 0.30 + g * harp_bm25 / (harp_bm25 + KEYWORD_HALF), abs=1e-6)
+    assert hits[2].relevance == pytest.approx((1 - g) * 0.305, abs=1e-6)  # the feedback found nothing in it
+
+
+def test_feedback_does_not_bring_back_a_line_the_window_holds(music):
+    store, embedder = music
+    hits = retrieve(store, PLAY, "hybrid", embedder, k=9, exclude_turns=[1])
+    assert HARP not in [h.text for h in hits] and hits[0].text == VIOLA

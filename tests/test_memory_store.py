@@ -160,7 +160,12 @@ def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_sc
     newer = tmp_path / "newer"
     newer.mkdir()
     MemoryStore(newer / "Bob--Alice.sqlite", "Bob", "Alice").close()
-    sqlite3.connect(newer / "Bob--Alice.sqlite").execute("PRAGMA user_version = 3")
+    # Closed before the bytes are read: the file is in WAL mode, and an unclosed connection
+    # checkpoints the change into the file whenever the garbage collector gets to it (in the
+    # full suite, during run() below, which then looked like chat.py changing the file).
+    con = sqlite3.connect(newer / "Bob--Alice.sqlite")
+    con.execute("PRAGMA user_version = 3")
+    con.close()
     data = (newer / "Bob--Alice.sqlite").read_bytes()
     assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 3, newer than this "
                           "charlora reads (2); update charlora or use another --memory_dir\n")

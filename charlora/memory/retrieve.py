@@ -21,7 +21,12 @@ times the share of the query's content words that the best keyword match's
 words hold.  A fixed w let one shared word ("Which football club..." ->
 "My book club picked Emma") lift wrong lines over the paraphrase the
 embedding found; when the keyword side explains little of the question, it
-now weighs little.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+now weighs little.  Then pseudo-relevance feedback (_feedback, query
+rewriting from the memory itself): the words of the best match that the
+question lacks are searched for too, and that keyword relevance is mixed in
+at FEEDBACK_WEIGHT; the best match, even a look-alike, says it in the words
+the evidence uses, and a second hop's name ("My boss is a guy called Boris.")
+finds the other half.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
 of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
 by 0.2 recall@5: a ranking that is noise for a question (keyword for a
 paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
@@ -55,6 +60,13 @@ RRF_K = 60
 # embedding-only, against 0.906 and 0.028 below for the fixed 0.4 it replaces; 0.4 x coverage
 # lost 1.3 points of multi-hop, 0.6 x coverage tied at 0.911 and was 0.007 below (docs/benchmarks.md).
 KEYWORD_WEIGHT = 0.5
+# hybrid relevance -> (1 - this) x relevance + this x the keyword relevance of each turn for the
+# words of the best match the question lacks (_feedback, pseudo-relevance feedback).  Chosen on
+# the tuning split, 60 conversations (seeds 0-2, docs/memory/tune30.json, tune_seed1.json,
+# tune_seed2.json): 0.05 gave recall@5 0.916 against 0.910 without, paraphrase 0.788 (embedding-only
+# 0.786; without: 0.781), multi-hop 0.917 (0.888); 0.07 and 0.1 tied overall but fell below
+# embedding-only on paraphrase, 0.03 was lower overall (docs/benchmarks.md).
+FEEDBACK_WEIGHT = 0.05
 # Score x (1 + this x 0.5 ** (age / half-life)); 0: off (see the module docstring).
 RECENCY_WEIGHT = 0.0
 DAY = 86400.0
@@ -123,13 +135,55 @@ def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
     turns.checked = store.last_turn_id()
 
 
+def feedback_query(query: str, text: str) -> str:
+    """The FTS5 query of pseudo-relevance feedback: the content words of `text` (the
+    best match) that the query does not hold ("" if none)."""
+    asked = set(content_words(query))
+    return fts_query(" ".join(w for w in content_words(text) if w not in asked))
+
+
+def _feedback(store: MemoryStore, query: str, fused: dict, turns: dict, skip: set, weight: float) -> dict:
+    """fused relevance -> (1 - weight) x fused + weight x the keyword relevance (BM25 squashed,
+    as above) of each turn for feedback_query(query, the best turn).  The best match
+    is the line the question was most likely about, or its look-alike, and says
+    it in the words the evidence uses: for "What does Caroline play musically?"
+    the best match was "My niece is learning the viola too.", whose "learning"
+    finds "I've been learning the harp for two years."; for "What did Nadia's boss
+    buy?", "My boss is a guy called Boris." finds "Boris bought a piano last week."."""
+    best = min((key for key in fused if key[0] == "turn" and key[1] in turns),
+               key=lambda key: (-fused[key], -turns[key[1]].created, key[1]), default=None)
+    q = feedback_query(query, turns[best[1]].text) if best else ""
+    found = {("turn", ref): s / (s + KEYWORD_HALF)
+             for ref, s in store.keyword_search("turn", q, CANDIDATES + len(skip)) if ref not in skip}
+    turns.update(store.turns_by_id(ref for kind, ref in found if ref not in turns))
+    return {key: (1 - weight) * fused.get(key, 0.0) + weight * found.get(key, 0.0) for key in fused.keys() | found}
+
+
+def _keyword_relevance(store: MemoryStore, query: str, keyword: dict, turns: dict, summaries: dict):
+    """BM25 squashed -> the keyword relevance (mean with the coverage of "speaker text"),
+    in place; returns the candidates whose words (not only their speaker) share a
+    word with the query, and the best such coverage of the query."""
+    said: set[tuple[str, int]] = set()
+    best_coverage = 0.0
+    for (kind, ref), bm25 in keyword.items():
+        speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
+                         else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
+        keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
+        share = coverage(query, text)
+        if share > 0:
+            said.add((kind, ref))
+            best_coverage = max(best_coverage, share)
+    return said, best_coverage
+
+
 def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: Embedder | None = None,
              exclude_turns: Iterable[int] = (), exclude_summaries: Iterable[int] = (), k: int = 5,
              threshold: float = 0.0, recency_weight: float = RECENCY_WEIGHT, half_life_days: float = 7.0,
              now: float | None = None, fusion: str = "weighted", keyword_weight: float = KEYWORD_WEIGHT,
-             adaptive: bool = True) -> list[Hit]:
+             adaptive: bool = True, feedback_weight: float = FEEDBACK_WEIGHT) -> list[Hit]:
     """The best `k` memories for `query`, best first.  adaptive=False: the hybrid's
-    keyword weight is `keyword_weight` for every query (the rule before adaptive_weight)."""
+    keyword weight is `keyword_weight` for every query (the rule before adaptive_weight);
+    feedback_weight=0: no pseudo-relevance feedback (the rule before _feedback)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     if fusion not in FUSIONS:
@@ -154,35 +208,28 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
                 dense[(kind, ref)] = max(0.0, sim)
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
-    said: set[tuple[str, int]] = set()  # candidates whose words (not only their speaker) match the query
-    best_coverage = 0.0  # of the query, by the words (not the speaker) of the best keyword match
-    for (kind, ref), bm25 in keyword.items():
-        speaker, text = ((turns[ref].speaker or "", turns[ref].text) if kind == "turn" and ref in turns
-                         else ("", summaries[ref].text) if kind == "summary" and ref in summaries else ("", ""))
-        keyword[(kind, ref)] = (bm25 + coverage(query, f"{speaker} {text}")) / 2
-        share = coverage(query, text)
-        if share > 0:
-            said.add((kind, ref))
-            best_coverage = max(best_coverage, share)
+    said, best_coverage = _keyword_relevance(store, query, keyword, turns, summaries)
     weight = adaptive_weight(keyword_weight, best_coverage) if adaptive else keyword_weight
-    order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
-    fused = rrf([order(keyword), order(dense)]) if fusion == "rrf" else {}
+    candidates = keyword.keys() | dense.keys()
+    if method == "hybrid" and fusion == "rrf":
+        order = lambda scores: sorted(scores, key=lambda key: (-scores[key], key))
+        fused = rrf([order(keyword), order(dense)])
+        relevance = {key: max(keyword.get(key, 0.0), dense.get(key, 0.0)) for key in candidates}
+    elif method == "hybrid":
+        # A line that matches the query only by its speaker's name is no sign the
+        # keyword side found anything: counted, it lifts every line of that person
+        # above the paraphrase the embedding found.  With a word said, the name
+        # sharpens (Caroline's sister, not Melanie's).
+        fused = relevance = {key: weight * (keyword.get(key, 0.0) if key in said else 0.0)
+                             + (1 - weight) * dense.get(key, 0.0) for key in candidates}
+        if feedback_weight > 0:
+            fused = relevance = _feedback(store, query, fused, turns, skip["turn"], feedback_weight)
+    else:
+        fused = relevance = keyword if method == "keyword" else dense
     hits = []
-    for key in keyword.keys() | dense.keys():
+    for key in fused:
         kind, ref = key
-        kw, emb = keyword.get(key, 0.0), dense.get(key, 0.0)
-        if method == "hybrid" and fusion == "weighted":
-            # A line that matches the query only by its speaker's name is no sign the
-            # keyword side found anything: counted, it lifts every line of that person
-            # above the paraphrase the embedding found.  With a word said, the name
-            # sharpens (Caroline's sister, not Melanie's).
-            kw = kw if key in said else 0.0
-            relevance = score = weight * kw + (1 - weight) * emb
-        elif method == "hybrid":
-            relevance, score = max(kw, emb), fused[key]
-        else:
-            relevance = score = kw if method == "keyword" else emb
-        if relevance < threshold or relevance <= 0:
+        if relevance[key] < threshold or relevance[key] <= 0:
             continue
         if kind == "turn":
             if ref not in turns:
@@ -195,7 +242,8 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
             s = summaries[ref]
             speaker, text, created = None, s.text, s.updated
         recency = 0.5 ** (max(0.0, now - created) / (half_life_days * DAY))
-        hits.append(Hit(kind, ref, speaker, text, created, kw, emb, relevance,
-                        score * (1 + recency_weight * recency)))
+        kw = keyword.get(key, 0.0) if method != "hybrid" or fusion == "rrf" or key in said else 0.0
+        hits.append(Hit(kind, ref, speaker, text, created, kw, dense.get(key, 0.0), relevance[key],
+                        fused[key] * (1 + recency_weight * recency)))
     hits.sort(key=lambda h: (-h.score, -h.created, h.kind, h.id))
     return hits[:k]
