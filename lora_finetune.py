@@ -62,7 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "(under their own names) those of the base model (0: off), so what it learns is tied to the "
                         "character; one extra forward of those lines per step; needs <dataset>.source.json")
     p.add_argument("--others_ratio", type=float, default=D.others_ratio,
-                   help="with --others_weight / --contrast_weight: at most this many other speakers' samples (of each "
+                   help="with --others_weight / --contrast_weight / --preserve_weight: at most this many other speakers' samples (of each "
                         "kind) per character sample")
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
@@ -72,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcw_recent", type=int, default=D.pcw_recent, help="with --pcw_windows: context lines kept next to the reply, outside the windows")
     p.add_argument("--frozen_context", action=argparse.BooleanOptionalAction, default=D.frozen_context,
                    help="run each sample's context forward only (into a cache) and train through the reply alone: the "
-                        "same loss without the backward pass over the context (not with --packing, --pcw_windows, "
+                        "same loss without the backward pass over the context before the batch's earliest reply (not with --packing, --pcw_windows, "
                         "--banded, --pair_weight, --preserve_weight)")
     p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once (not with --packing, --pcw_windows, --others_weight, --contrast_weight)")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")

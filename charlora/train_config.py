@@ -101,7 +101,7 @@ class TrainConfig:
     as --others_weight; costs one base-model forward (no gradient) of those
     rows per step."""
     others_ratio: float = 1.0
-    """With --others_weight: at most this many other speakers' samples per
+    """With --others_weight, --contrast_weight or --preserve_weight: at most this many other speakers' samples per
     character sample, spread evenly over the source (each costs as much
     compute as a character sample)."""
     seed: int = 42
@@ -141,7 +141,8 @@ class TrainConfig:
     frozen_context: bool = False
     """Run each sample's context forward only, into a key/value cache, and
     train through the reply alone (charlora.frozen_context): the same loss,
-    no backward pass over the ~85% of play-sample tokens that are context.
+    no backward pass over the context the batch's rows hold before its
+    earliest reply (most of the ~85% of play-sample tokens that are context).
     The gradient no longer reaches how the adapter changes the context's keys
     and values.  Not with --packing, --pcw_windows, --banded, --pair_weight
     or --preserve_weight."""
