@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -48,19 +47,12 @@ def pooled(evaluations: list[dict]) -> dict:
 
 
 def compare(a: list[float], b: list[float]) -> dict:
-    """b against a: means, sds, difference, its standard error, and the verdict at 2 standard errors."""
-    from charlora.metrics import mean_sd
+    """b against a (charlora.metrics.compare_seeds), under this JSON's names for the two methods."""
+    from charlora.metrics import compare_seeds
 
-    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-    diff = mb - ma
-    if math.isnan(diff):
-        verdict = "not scored"
-    else:
-        verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else ("higher" if diff > 0 else "lower")
-    return {"per_sample": a, "banded": b, "per_sample_mean": ma, "per_sample_sd": sa, "banded_mean": mb,
-            "banded_sd": sb, "difference": diff, "standard_error": se,
-            "difference_in_se": diff / se if se else (0.0 if diff == 0 else math.inf), "verdict": verdict}
+    c = compare_seeds(a, b)
+    names = {"a_mean": "per_sample_mean", "a_sd": "per_sample_sd", "b_mean": "banded_mean", "b_sd": "banded_sd"}
+    return {"per_sample": a, "banded": b, **{names.get(k, k): v for k, v in c.items()}}
 
 
 def training(pattern: str) -> list[dict]:

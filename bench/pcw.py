@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{results[label][n]:.3f} ({diff:+.3f} +- {se:.3f})")
         print(f"| {label} | " + " | ".join(cells) + " |")
     if args.json_out:
+        from charlora.provenance import environment
         from charlora.samples import write_json_atomic
 
-        write_json_atomic({"args": vars(args), "samples": len(samples), "dtype": str(dtype), "context": stats,
+        write_json_atomic({"environment": environment(), "args": vars(args), "samples": len(samples), "dtype": str(dtype), "context": stats,
                            "loss_per_reply_token": results, "reply_tokens": tokens,
                            "per_sample_loss": per_sample}, args.json_out)
     return 0

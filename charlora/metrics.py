@@ -124,3 +124,20 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if not vals:
         return math.nan, math.nan
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def compare_seeds(a: Sequence[float], b: Sequence[float]) -> dict:
+    """b against a, each one value per training seed: means, sample sds, the
+    difference of the means, its standard error sqrt(sd_a^2/n_a + sd_b^2/n_b)
+    (unpaired: seed k of one method is no closer to seed k of the other than
+    to any other seed), and the verdict at 2 standard errors, the project's
+    rule for "no difference"."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    diff = mb - ma
+    if math.isnan(diff):
+        verdict = "not scored"
+    else:
+        verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else ("higher" if diff > 0 else "lower")
+    return {"a_mean": ma, "a_sd": sa, "b_mean": mb, "b_sd": sb, "difference": diff, "standard_error": se,
+            "difference_in_se": diff / se if se else (0.0 if diff == 0 else math.inf), "verdict": verdict}

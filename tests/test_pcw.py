@@ -330,3 +330,28 @@ def test_training_loss_equals_references(family, models, tiny_tokenizers):
         out = model(**batch)
         assert not out.logits.isnan().any()
         torch.testing.assert_close(out.loss, (pcw + plain) / 2, rtol=0, atol=ATOL)  # same reply tokens in both
+
+
+def test_pcw_pairing_over_seeds_exact_values():
+    """bench/pcw_pairs.py: treated against control over seeds, and each method against its own truncation."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pcw_pairs", Path(__file__).resolve().parents[1] / "bench" / "pcw_pairs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scores = {"c1": {"truncated": 4.0, "pcw 3": 3.9}, "c2": {"truncated": 4.2, "pcw 3": 4.2},
+              "t1": {"truncated": 4.1, "pcw 3": 3.6}, "t2": {"truncated": 4.3, "pcw 3": 3.8}}
+    out = bench.pair(scores, ["c1", "c2"], ["t1", "t2"])
+    # truncated: control 4.1 +- 0.1414, treated 4.2 +- 0.1414; se sqrt(0.02/2 + 0.02/2) = 0.1414: 0.71 SE
+    t = out["treated_vs_control"]["truncated"]
+    assert t["difference"] == pytest.approx(0.1) and t["standard_error"] == pytest.approx(0.141421, abs=1e-6)
+    assert t["verdict"] == "no difference"
+    # pcw 3 against truncation: control -0.1 and 0.0 (no difference), treated -0.5 and -0.5 (sd 0: lower)
+    assert out["vs_truncated"]["control"]["pcw 3"]["difference"] == pytest.approx(-0.05)
+    assert out["vs_truncated"]["control"]["pcw 3"]["verdict"] == "no difference"
+    assert out["vs_truncated"]["treated"]["pcw 3"]["difference"] == pytest.approx(-0.5)
+    assert out["vs_truncated"]["treated"]["pcw 3"]["verdict"] == "lower"
+    assert "truncated" not in out["vs_truncated"]["treated"]
+    with pytest.raises(SystemExit, match="t3"):
+        bench.pair(scores, ["c1", "c2"], ["t1", "t3"])
