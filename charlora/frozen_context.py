@@ -82,10 +82,12 @@ def cache_context(model: Any, parts: dict, full_length: int) -> Any:
     import torch
     from transformers import DynamicCache
 
+    from charlora.models import without_peft
+
     if not parts["context_ids"].shape[1]:
         return None
     cache = DynamicCache(config=model.config)
-    decoder = model.get_base_model().get_decoder() if hasattr(model, "get_base_model") else model.get_decoder()
+    decoder = without_peft(model).get_decoder()
     with torch.no_grad(), neftune_length(model, parts["context_ids"].shape[1], full_length):
         decoder(input_ids=parts["context_ids"], attention_mask=parts["context_mask"],
                 position_ids=parts["context_positions"], past_key_values=cache, use_cache=True)

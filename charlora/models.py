@@ -176,6 +176,13 @@ def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_c
         raise CharloraError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
 
 
+def without_peft(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (the model itself when
+    unwrapped): where the output head and the decoder are reached, the
+    adapters stay in place in its layers."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_packing(model) -> bool:
     """Does this model keep packed samples apart when only position ids mark them?
 

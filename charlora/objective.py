@@ -29,7 +29,9 @@ class ReplyOnlyHead:
         self.keep = None
         self.eos_id, self.pair_weight, self.pairs = eos_id, pair_weight, None
         self.preserve, self.base_logp = None, None
-        head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else model.get_output_embeddings()
+        from charlora.models import without_peft
+
+        head = without_peft(model).get_output_embeddings()
         self.handle = head.register_forward_pre_hook(self._select)
 
     def _select(self, module, args):
