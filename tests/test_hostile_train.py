@@ -73,7 +73,8 @@ def test_a_second_run_with_the_same_name_refuses(models_dir, tiny_dataset, tmp_p
     finally:
         held.release()
     assert lora_finetune.main(argv(models_dir, tmp_path, tiny_dataset, "s")) == 0
-    assert not (tmp_path / ".s.lock").exists()  # the lock file goes with the run
+    # the lock went with the run: a third run takes it at once
+    guards.lock_adapter(tmp_path, "s").release()
 
 
 def test_lock_is_exclusive_and_reusable(tmp_path):
@@ -83,6 +84,23 @@ def test_lock_is_exclusive_and_reusable(tmp_path):
     first.release()
     again = guards.lock_adapter(tmp_path, "x")
     again.release()
+
+
+def test_a_killed_runs_lock_does_not_block(tmp_path):
+    """SIGKILL leaves the lock file behind, but the OS lock goes with the process."""
+    code = ("import sys, time; from pathlib import Path; from charlora import guards; "
+            "held = guards.lock_adapter(Path(sys.argv[1]), 'k'); print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(CharloraError, match="another run"):
+            guards.lock_adapter(tmp_path, "k")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / ".k.lock").exists()
+    guards.lock_adapter(tmp_path, "k").release()
 
 
 def test_a_run_stopped_before_its_first_checkpoint_does_not_block(models_dir, tiny_dataset, tmp_path, capsys):
