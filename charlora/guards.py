@@ -43,25 +43,43 @@ def check_lora_name(loras_dir: Path, lora_name: str) -> None:
 
 
 class AdapterLock:
-    """An exclusive OS lock on loras/.<name>.lock (filelock: flock on POSIX,
-    msvcrt on Windows, where fcntl does not exist), released by `release()`,
-    by garbage collection, or by the process ending, even a killed one.  The
-    empty file itself stays: removing it on release would let a run lock a
-    file that another run had just unlinked.  No soft (file-exists) fallback:
-    a killed run's leftover file must never block the next run."""
+    """An exclusive OS lock (flock) on loras/.<name>.lock, released by
+    `release()`, by garbage collection, or by the process ending, even a
+    killed one.  The file exists only while a run holds it: it is removed
+    before the lock is let go, and a run that locked a file just removed
+    that way (it checks the inode) tries again, so two runs never both hold
+    a lock."""
 
     def __init__(self, path: Path):
-        from filelock import FileLock
+        import fcntl
+        import os
 
-        self.lock = FileLock(path, timeout=0, thread_local=False, fallback_to_soft=False)
-        self.lock.acquire()
+        self.path, self.fd = path, None
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed this file as we locked it
+        self.fd = fd
 
     def release(self) -> None:
-        self.lock.release()
+        import os
+
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
 
     def __del__(self) -> None:
-        if hasattr(self, "lock"):
-            self.release()
+        self.release()
 
 
 def lock_adapter(loras_dir: Path, lora_name: str) -> AdapterLock:
@@ -70,12 +88,10 @@ def lock_adapter(loras_dir: Path, lora_name: str) -> AdapterLock:
     the first one's folder."""
     check_lora_name(loras_dir, lora_name)
     path = loras_dir / f".{lora_name}{LOCK_SUFFIX}"
-    from filelock import Timeout
-
     try:
         loras_dir.mkdir(parents=True, exist_ok=True)
         return AdapterLock(path)
-    except Timeout:
+    except BlockingIOError:
         raise CharloraError(f"another run is already training --lora_name {lora_name} (it holds {path}); "
                             "wait for it to finish or pick another name") from None
     except OSError as exc:
