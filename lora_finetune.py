@@ -74,7 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="run each sample's context forward only (into a cache) and train through the reply alone: the "
                         "same loss without the backward pass over the context before the batch's earliest reply (not with --packing, --pcw_windows, "
                         "--banded, --pair_weight, --preserve_weight)")
-    p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once (not with --packing, --pcw_windows, --others_weight, --contrast_weight)")
+    p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once (not with --packing, --pcw_windows, --others_weight, --contrast_weight, --pair_weight, --preserve_weight, --frozen_context)")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
     p.add_argument("--save_steps", type=int, default=D.save_steps, help="checkpoint every N optimizer steps into loras/<lora_name>/checkpoints/ (0: every tenth of the run; also at the end and on Ctrl-C)")
     p.add_argument("--save_total_limit", type=int, default=D.save_total_limit, help="checkpoints kept")

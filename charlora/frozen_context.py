@@ -31,7 +31,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-IGNORE = -100
+from charlora.tokens import IGNORE_INDEX
 
 
 def context_cut(labels: Any) -> int:
@@ -39,7 +39,7 @@ def context_cut(labels: Any) -> int:
     rows that have a label.  The token at that column predicts a reply's
     first token, so it must be in the trained pass.  0 when nothing is
     labelled."""
-    labelled = labels != IGNORE
+    labelled = labels != IGNORE_INDEX
     firsts = [int(row.nonzero()[0]) for row in labelled if row.any()]
     return max(0, min(firsts) - 1) if firsts else 0
 

@@ -23,14 +23,13 @@ class ReplyOnlyHead:
     """
 
     def __init__(self, model: Any, eos_id: int | None = None, pair_weight: float = 0.0):
+        from charlora.models import without_peft
         from charlora.tokens import IGNORE_INDEX
 
         self.ignore = IGNORE_INDEX
         self.keep = None
         self.eos_id, self.pair_weight, self.pairs = eos_id, pair_weight, None
         self.preserve, self.base_logp = None, None
-        from charlora.models import without_peft
-
         head = without_peft(model).get_output_embeddings()
         self.handle = head.register_forward_pre_hook(self._select)
 

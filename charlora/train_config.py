@@ -137,7 +137,8 @@ class TrainConfig:
     stays per sample.  Exact for one layer; deeper, a context token reads its
     own window, up to --rounds lines further back than inside a sample.  Off by
     default: docs/benchmarks.md, "Line-banded attention", has its quality and
-    speed.  Not with --packing, --pcw_windows, --others_weight or --contrast_weight."""
+    speed.  Not with --packing, --pcw_windows, --others_weight, --contrast_weight,
+    --pair_weight, --preserve_weight or --frozen_context."""
     frozen_context: bool = False
     """Run each sample's context forward only, into a key/value cache, and
     train through the reply alone (charlora.frozen_context): the same loss,
