@@ -42,23 +42,44 @@ def check_lora_name(loras_dir: Path, lora_name: str) -> None:
                             "names made from it")
 
 
+def try_lock(fd: int, msvcrt: Any = None) -> None:
+    """Take an exclusive lock on the open file `fd` without waiting, or raise
+    BlockingIOError if another process holds it.  flock on POSIX; on Windows
+    (where fcntl does not exist and text-generation-webui users often are)
+    msvcrt's lock on the file's first byte, which also ends with the
+    process.  `msvcrt`: the module to use instead of the OS's (tests)."""
+    import os
+
+    if msvcrt is None and os.name != "nt":
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    if msvcrt is None:
+        import msvcrt
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as exc:  # Windows reports a held lock as EACCES / EDEADLOCK
+        raise BlockingIOError(str(exc)) from None
+
+
 class AdapterLock:
-    """An exclusive OS lock (flock) on loras/.<name>.lock, released by
+    """An exclusive OS lock (`try_lock`) on loras/.<name>.lock, released by
     `release()`, by garbage collection, or by the process ending, even a
     killed one.  The file exists only while a run holds it: it is removed
     before the lock is let go, and a run that locked a file just removed
     that way (it checks the inode) tries again, so two runs never both hold
-    a lock."""
+    a lock.  On Windows an open file can't be removed, so it is closed
+    first and then removed if no other run has opened it meanwhile."""
 
     def __init__(self, path: Path):
-        import fcntl
         import os
 
         self.path, self.fd = path, None
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try_lock(fd)
             except BlockingIOError:
                 os.close(fd)
                 raise
@@ -73,10 +94,18 @@ class AdapterLock:
     def release(self) -> None:
         import os
 
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        if os.name == "nt":
+            os.close(self.fd)
+            try:
+                self.path.unlink(missing_ok=True)
+            except PermissionError:  # the next run has it open already; it is that run's now
+                pass
+        else:
             self.path.unlink(missing_ok=True)
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
     def __del__(self) -> None:
         self.release()

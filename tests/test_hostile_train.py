@@ -85,6 +85,37 @@ def test_lock_is_exclusive_and_reusable(tmp_path):
     again.release()
 
 
+def test_windows_lock_refuses_without_waiting(tmp_path):
+    """On Windows the lock is msvcrt's: asked for without waiting (LK_NBLCK,
+    not LK_LOCK's ten one-second retries), and a held lock surfaces as the
+    BlockingIOError that lock_adapter turns into its one-line error."""
+    import errno
+    import os
+
+    class FakeMsvcrt:
+        LK_NBLCK, LK_LOCK = 2, 1
+
+        def __init__(self):
+            self.held, self.calls = set(), []
+
+        def locking(self, fd, mode, nbytes):
+            self.calls.append((mode, nbytes))
+            inode = os.fstat(fd).st_ino
+            if inode in self.held:
+                raise OSError(errno.EACCES, "Permission denied")
+            self.held.add(inode)
+
+    fake, path = FakeMsvcrt(), tmp_path / ".w.lock"
+    first, second = os.open(path, os.O_RDWR | os.O_CREAT), os.open(path, os.O_RDWR)
+    try:
+        guards.try_lock(first, msvcrt=fake)
+        with pytest.raises(BlockingIOError):
+            guards.try_lock(second, msvcrt=fake)
+    finally:
+        os.close(first), os.close(second)
+    assert fake.calls == [(FakeMsvcrt.LK_NBLCK, 1)] * 2
+
+
 def test_a_killed_runs_lock_does_not_block(tmp_path):
     """SIGKILL leaves the lock file behind, but the OS lock goes with the process."""
     code = ("import sys, time; from pathlib import Path; from charlora import guards; "
