@@ -369,7 +369,10 @@ def retrain(cfg: TrainConfig, epochs: int, plan: Plan, base: Base, data: Data, s
     log(f"retraining from the start for the {epochs} epoch{'s' if epochs > 1 else ''} kept, the learning rate "
         "decaying to 0 over them (--retrain)")
     setup.reply_head.handle.remove()
-    again = replace(cfg, epochs=epochs, early_stop=0, retrain=False)
+    # resume=False: a first pass resumed with --resume left its checkpoints,
+    # and an interrupted second pass would otherwise be resumed from the
+    # first pass's newest one; this pass starts, and keeps, its own.
+    again = replace(cfg, epochs=epochs, early_stop=0, retrain=False, resume=False)
     plan = replace(plan, settings={**plan.settings, "epochs": epochs, "early_stop": 0, "retrain": False}, resume_from=None)
     set_seed(cfg.seed)  # the same initial LoRA and data order as a direct `-e {epochs}` run
     model = load_lora_model(again, plan.model_path, base, plan.target_modules, data, log)

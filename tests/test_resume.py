@@ -120,3 +120,33 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(models_dir, tiny_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot resume: the checkpoints in") and "--learning_rate 0.001 -> 0.01" in err
     assert len(err.splitlines()) == 1
+
+
+def test_the_retraining_pass_starts_from_an_empty_checkpoints_folder_after_a_resumed_first_pass(
+        models_dir, tiny_dataset, tmp_path, monkeypatch):
+    """--retrain --resume: the first pass resumes from its checkpoint, the
+    second starts afresh.  Its checkpoints must be the only ones in the
+    folder, or an interrupted second pass would be resumed from the first
+    pass's newest (higher-numbered) checkpoint, its over-fitted weights."""
+    from charlora import checkpoints
+    from charlora import train as train_module
+
+    proc = launch(args(models_dir, tmp_path, tiny_dataset, "r", "--retrain"))
+    wait_for(tmp_path / "r" / "checkpoints" / "checkpoint-20" / "charlora_complete", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    monkeypatch.setattr(train_module, "retrain_length", lambda history, step, epochs: 2)
+    seen, real = [], train_module.run_trainer
+
+    def watch(setup, plan, main_process):
+        seen.append(sorted(p.name for p in plan.ckpt_dir.glob("checkpoint-*")))
+        return real(setup, plan, main_process)
+
+    monkeypatch.setattr(train_module, "run_trainer", watch)
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "r", "--retrain", "--resume")) == 0
+    assert len(seen) == 2 and "checkpoint-20" in seen[0]  # the first pass resumed from its checkpoints
+    assert seen[1] == []  # the second began with none of them
+    record = json.loads((tmp_path / "r" / "charlora_config.json").read_text())
+    assert record["retrained_epochs"] == 2 and record["optimizer_steps"] == 6
+    assert checkpoints.newest_checkpoint(tmp_path / "r" / "checkpoints") is None
