@@ -14,8 +14,14 @@ import sys
 
 from charlora import cli
 from charlora.train import TrainConfig
+from charlora.train_config import incompatible_with
 
 D = TrainConfig()
+
+
+def not_with(flag: str) -> str:
+    """ " (not with --a, --b)": the flags that can't train with --flag, from the one table check_train_config uses."""
+    return " (not with " + ", ".join("--" + f for f in incompatible_with(flag)) + ")"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -49,32 +55,33 @@ def make_parser() -> argparse.ArgumentParser:
                         "epochs so the learning rate decays to 0 by then (costs those epochs again)")
     p.add_argument("--others_weight", type=float, default=D.others_weight,
                    help="loss weight, in [0, 1], of other speakers' lines as extra samples (0: off); needs the "
-                        "<dataset>.source.json that prepare_dataset.py writes beside the dataset")
+                        "<dataset>.source.json that prepare_dataset.py writes beside the dataset" + not_with("others_weight"))
     p.add_argument("--contrast_weight", type=float, default=D.contrast_weight,
                    help="weight, in [0, 1], of an unlikelihood loss on other speakers' lines put under the character's "
-                        "name (0: off): teaches what the character would not say; needs <dataset>.source.json")
+                        "name (0: off): teaches what the character would not say; needs <dataset>.source.json" + not_with("contrast_weight"))
     p.add_argument("--pair_weight", type=float, default=D.pair_weight,
                    help="weight of a preference loss: the adapter's gain over the base must be larger on each of the "
                         "character's lines than on what another speaker said there, under the character's name (0: "
-                        "off); a second row per sample; needs <dataset>.source.json")
+                        "off); a second row per sample; needs <dataset>.source.json" + not_with("pair_weight"))
     p.add_argument("--preserve_weight", type=float, default=D.preserve_weight,
                    help="weight, in [0, 1], of a loss that keeps the adapter's predictions on other speakers' lines "
                         "(under their own names) those of the base model (0: off), so what it learns is tied to the "
-                        "character; one extra forward of those lines per step; needs <dataset>.source.json")
+                        "character; one extra forward of those lines per step; needs <dataset>.source.json"
+                        + not_with("preserve_weight"))
     p.add_argument("--others_ratio", type=float, default=D.others_ratio,
                    help="with --others_weight / --contrast_weight / --preserve_weight: at most this many other speakers' samples (of each "
                         "kind) per character sample")
     p.add_argument("--seed", type=int, default=D.seed, help="random seed (data order, LoRA init, held-out split)")
     p.add_argument("--max_steps", type=int, default=D.max_steps, help="stop after this many optimizer steps (-1: all epochs)")
     p.add_argument("--neftune_noise_alpha", type=float, default=D.neftune_noise_alpha, help="NEFTune embedding noise while training (0: off), against memorizing small datasets")
-    p.add_argument("--packing", action="store_true", help="padding-free batches: samples concatenated with per-sample attention (same loss, no compute on padding)")
-    p.add_argument("--pcw_windows", type=int, default=D.pcw_windows, help="train on Parallel Context Windows: older context split into N windows sharing positions (0: off); costs the full context's compute, not with --packing")
+    p.add_argument("--packing", action="store_true", help="padding-free batches: samples concatenated with per-sample attention (same loss, no compute on padding)" + not_with("packing"))
+    p.add_argument("--pcw_windows", type=int, default=D.pcw_windows, help="train on Parallel Context Windows: older context split into N windows sharing positions (0: off); costs the full context's compute" + not_with("pcw_windows"))
     p.add_argument("--pcw_recent", type=int, default=D.pcw_recent, help="with --pcw_windows: context lines kept next to the reply, outside the windows")
     p.add_argument("--frozen_context", action=argparse.BooleanOptionalAction, default=D.frozen_context,
                    help="run each sample's context forward only (into a cache) and train through the reply alone: the "
-                        "same loss without the backward pass over the context before the batch's earliest reply (not with --packing, --pcw_windows, "
-                        "--banded, --pair_weight, --preserve_weight)")
-    p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once (not with --packing, --pcw_windows, --others_weight, --contrast_weight, --pair_weight, --preserve_weight, --frozen_context)")
+                        "same loss without the backward pass over the context before the batch's earliest reply"
+                        + not_with("frozen_context"))
+    p.add_argument("--banded", action="store_true", help="line-banded attention: a run of lines one sequence, each reply seeing only its --rounds window, so shared context is computed once" + not_with("banded"))
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade ~30%% speed for much less activation memory")
     p.add_argument("--save_steps", type=int, default=D.save_steps, help="checkpoint every N optimizer steps into loras/<lora_name>/checkpoints/ (0: every tenth of the run; also at the end and on Ctrl-C)")
     p.add_argument("--save_total_limit", type=int, default=D.save_total_limit, help="checkpoints kept")

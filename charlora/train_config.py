@@ -137,16 +137,14 @@ class TrainConfig:
     stays per sample.  Exact for one layer; deeper, a context token reads its
     own window, up to --rounds lines further back than inside a sample.  Off by
     default: docs/benchmarks.md, "Line-banded attention", has its quality and
-    speed.  Not with --packing, --pcw_windows, --others_weight, --contrast_weight,
-    --pair_weight, --preserve_weight or --frozen_context."""
+    speed.  What it can't be combined with: INCOMPATIBLE, below."""
     frozen_context: bool = False
     """Run each sample's context forward only, into a key/value cache, and
     train through the reply alone (charlora.frozen_context): the same loss,
     no backward pass over the context the batch's rows hold before its
     earliest reply (most of the ~85% of play-sample tokens that are context).
     The gradient no longer reaches how the adapter changes the context's keys
-    and values.  Not with --packing, --pcw_windows, --banded, --pair_weight
-    or --preserve_weight."""
+    and values.  What it can't be combined with: INCOMPATIBLE, below."""
     save_steps: int = 0
     """Checkpoint every N optimizer steps into loras/<name>/checkpoints/
     (0: every tenth of the run).  Always also at the last step and on Ctrl-C."""
@@ -174,6 +172,43 @@ class TrainConfig:
 
 
 
+# Flags that can't train together, each rule written once: (flag, the flags
+# it refuses, why).  check_combinations enforces them and lora_finetune.py's
+# help lists each flag's partners from here, so the two can't drift apart
+# (the hand-written lists did, twice).
+_NO_LOSS_WEIGHT = "their collator carries no per-sample loss weight"
+INCOMPATIBLE: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("preserve_weight", ("others_weight", "contrast_weight"),
+     "it keeps other speakers' lines at the base model's predictions, which the other flag trains on"),
+    ("others_weight", ("packing", "pcw_windows"), _NO_LOSS_WEIGHT),
+    ("contrast_weight", ("packing", "pcw_windows"), _NO_LOSS_WEIGHT),
+    ("pair_weight", ("packing", "pcw_windows"), _NO_LOSS_WEIGHT),
+    ("preserve_weight", ("packing", "pcw_windows"), _NO_LOSS_WEIGHT),
+    ("banded", ("packing", "pcw_windows", "others_weight", "contrast_weight", "pair_weight", "preserve_weight"),
+     "a band has its own layout and one loss weight"),
+    ("frozen_context", ("packing", "pcw_windows", "banded", "pair_weight", "preserve_weight"),
+     "it lays out each batch's context itself"),
+    ("packing", ("pcw_windows",), "a packed row has no room for each sample's window mask"),
+)
+
+
+def incompatible_with(flag: str) -> list[str]:
+    """Every flag that can't be combined with `flag` (either way round), in TrainConfig's order."""
+    from dataclasses import fields
+
+    partners = {o for f, others, _ in INCOMPATIBLE if f == flag for o in others}
+    partners |= {f for f, others, _ in INCOMPATIBLE if flag in others}
+    return [f.name for f in fields(TrainConfig) if f.name in partners]
+
+
+def check_combinations(cfg: TrainConfig) -> None:
+    """One line for the first pair of set flags that can't train together."""
+    for flag, others, why in INCOMPATIBLE:
+        clash = [o for o in others if getattr(cfg, o)] if getattr(cfg, flag) else []
+        if clash:
+            raise CharloraError(f"--{flag} can't be combined with --{clash[0]}: {why}; drop one of the two")
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Refuse any flag out of its range, one line naming it, before anything
     is read or loaded.  Pure: testable without a model."""
@@ -191,9 +226,6 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_others_weight(cfg.others_weight, "--others_weight")
     check_others_weight(cfg.contrast_weight, "--contrast_weight")
     check_others_weight(cfg.preserve_weight, "--preserve_weight")
-    if cfg.preserve_weight and (cfg.others_weight or cfg.contrast_weight):
-        raise CharloraError("--preserve_weight keeps other speakers' lines at the base model's predictions; it can't be "
-                            "combined with --others_weight or --contrast_weight, which train on the same lines")
     require_finite("--pair_weight", cfg.pair_weight, 0, 100)
     if not 0 <= cfg.warmup < 1:
         raise CharloraError(f"--warmup is a share of the run, in [0, 1), got {cfg.warmup}")
@@ -212,20 +244,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError(f"--neftune_noise_alpha must be 0 (off) or positive, got {cfg.neftune_noise_alpha}")
     if cfg.pcw_windows < 0 or cfg.pcw_recent < 0:
         raise CharloraError(f"--pcw_windows and --pcw_recent must be 0 or more, got {cfg.pcw_windows} and {cfg.pcw_recent}")
-    if (cfg.others_weight or cfg.contrast_weight or cfg.pair_weight or cfg.preserve_weight) and (cfg.packing or cfg.pcw_windows):
-        raise CharloraError("--others_weight, --contrast_weight, --pair_weight and --preserve_weight can't be combined with --packing or --pcw_windows yet: their collators "
-                            "carry no per-sample loss weight; drop one of the two")
-    if cfg.banded and (cfg.packing or cfg.pcw_windows or cfg.others_weight or cfg.contrast_weight or cfg.pair_weight
-                       or cfg.preserve_weight):
-        raise CharloraError("--banded can't be combined with --packing, --pcw_windows, --others_weight, "
-                            "--contrast_weight, --pair_weight or --preserve_weight: a band has its own layout and one loss weight; "
-                            "drop one of them")
-    if cfg.frozen_context and (cfg.packing or cfg.pcw_windows or cfg.banded or cfg.pair_weight or cfg.preserve_weight):
-        raise CharloraError("--frozen_context can't be combined with --packing, --pcw_windows, --banded, --pair_weight "
-                            "or --preserve_weight: it lays out each batch's context itself; drop one of them")
-    if cfg.pcw_windows and cfg.packing:
-        raise CharloraError("--packing can't be combined with --pcw_windows: a packed row has no room for "
-                            "each sample's window mask; drop one of the two")
+    check_combinations(cfg)
     if cfg.save_steps < 0 or cfg.save_total_limit < 1:
         raise CharloraError("--save_steps must be 0 (auto) or more and --save_total_limit at least 1, "
                             f"got {cfg.save_steps} and {cfg.save_total_limit}")

@@ -278,6 +278,39 @@ def test_training_flags_out_of_range_are_refused_before_anything_loads(changes, 
     assert str(err.value) == message
 
 
+def test_every_refused_pair_is_one_line_naming_both_flags_either_way_round():
+    from charlora.errors import CharloraError
+    from charlora.train import TrainConfig, check_train_config
+    from charlora.train_config import INCOMPATIBLE
+
+    on = {"packing": True, "banded": True, "frozen_context": True, "pcw_windows": 2, "others_weight": 0.3,
+          "contrast_weight": 0.3, "pair_weight": 1.0, "preserve_weight": 0.5}
+    for flag, others, _ in INCOMPATIBLE:
+        for other in others:
+            with pytest.raises(CharloraError) as err:
+                check_train_config(TrainConfig(**{flag: on[flag], other: on[other]}))
+            text = str(err.value)
+            assert f"--{flag} " in text and f"--{other}:" in text and "\n" not in text
+    for flag in on:  # each alone is fine
+        check_train_config(TrainConfig(**{flag: on[flag]}))
+
+
+def test_the_help_lists_exactly_the_flags_a_flag_is_refused_with():
+    import lora_finetune
+    from charlora.train_config import incompatible_with
+
+    assert incompatible_with("banded") == ["others_weight", "contrast_weight", "pair_weight", "preserve_weight",
+                                           "packing", "pcw_windows", "frozen_context"]
+    assert incompatible_with("packing") == ["others_weight", "contrast_weight", "pair_weight", "preserve_weight",
+                                            "pcw_windows", "banded", "frozen_context"]
+    assert incompatible_with("pcw_recent") == []
+    helps = {a.dest: a.help for a in lora_finetune.make_parser()._actions}
+    assert helps["banded"].endswith("(not with --others_weight, --contrast_weight, --pair_weight, --preserve_weight, "
+                                    "--packing, --pcw_windows, --frozen_context)")
+    assert helps["frozen_context"].endswith("(not with --pair_weight, --preserve_weight, --packing, --pcw_windows, "
+                                            "--banded)")
+
+
 def test_retrain_length_is_the_kept_epoch_when_the_schedule_was_cut_short():
     from charlora.train import retrain_length
 
