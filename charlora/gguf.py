@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from charlora.errors import CharloraError
+from charlora.files import output_target
 
 # HF architecture -> llama.cpp architecture, for the families handled here.
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
@@ -121,7 +122,10 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_
     base_config = read_json(base_dir / "config.json")
     tensors = gguf_lora_tensors(load_file(str(weights)), base_config)
     out = Path(out) if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
-    tmp = out.with_name(f".{out.name}.partial")
+    # checked as every other output is: renaming over a FIFO or a device
+    # (-o /dev/null, run as root) would replace it with a file
+    real = output_target(out)
+    tmp = real.with_name(f".{real.name}.partial")
     writer = gguf.GGUFWriter(tmp, check_base(base_config))
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -138,7 +142,7 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        tmp.replace(out)
+        tmp.replace(real)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CharloraError(f"cannot write {out}: {exc.strerror or exc}") from None
