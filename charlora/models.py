@@ -116,7 +116,10 @@ def pick_dtype(requested: str, device: str):
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:  # a damaged config.json or tokenizer file, or none at all
+        raise CharloraError(f"cannot load the tokenizer in {path}: {one_line(exc)}") from None
     if tokenizer.eos_token_id is None:
         raise CharloraError(f"the tokenizer in {path} has no end-of-sequence token; the character could not learn to stop")
     if tokenizer.pad_token_id is None:
@@ -157,6 +160,7 @@ def check_vocabulary(tokenizer, config, path: Path) -> None:
 def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_code: bool = False,
                allow_pickle: bool = False):
     """AutoModelForCausalLM from a local folder, optionally 8/4-bit (bitsandbytes)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     safetensors = check_weights(path, allow_pickle)
@@ -172,8 +176,18 @@ def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_c
         kwargs["device_map"] = {"": device}
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise CharloraError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        # RuntimeError: a tensor whose shape config.json does not give (the
+        # report it points to is not shown: library logging is quiet)
+        reason = ("a weight's shape does not match config.json" if "ignore_mismatched_sizes" in str(exc)
+                  else one_line(exc))
+        raise CharloraError(f"cannot load the model in {path}: {reason}") from None
+
+
+def one_line(exc: Exception, limit: int = 300) -> str:
+    """A library exception's message as one line (some span several: "from one of:", then the list)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def without_peft(model: Any) -> Any:
@@ -215,8 +229,8 @@ def read_config(path: Path, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise CharloraError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: config.json holds a list, not an object
+        raise CharloraError(f"cannot read the model config in {path}: {one_line(exc)}") from None
 
 
 def meta_model(path: Path, trust_remote_code: bool = False):

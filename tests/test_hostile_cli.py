@@ -54,3 +54,60 @@ def test_gguf_under_a_file_is_one_error(tiny, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(tmp_path / "afile" / "bob.gguf"))))
     assert line == f"error: cannot write {tmp_path / 'afile' / 'bob.gguf'}: Not a directory"
+
+
+# ------------------------------------------------------------- damaged model folders
+
+def damage(root: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the tiny llama's models folder with one file damaged as `how` says."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    folder = models / "llama"
+    weights = folder / "model.safetensors"
+    if how == "config not JSON":
+        (folder / "config.json").write_text('{"model_type": ')
+    elif how == "config a list":
+        (folder / "config.json").write_text("[1, 2]")
+    elif how == "tokenizer not JSON":
+        (folder / "tokenizer.json").write_text("{")
+    elif how == "no tokenizer":
+        for path in folder.glob("tokenizer*"):
+            path.unlink()
+    elif how == "weights cut short":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "weights empty":
+        weights.write_bytes(b"")
+    elif how == "a weight of another shape":
+        from safetensors.torch import load_file, save_file
+        import torch
+
+        tensors = load_file(weights)
+        tensors["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(3, 3)
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return models
+
+
+DAMAGE = {
+    "config not JSON": "cannot load the tokenizer in {folder}: It looks like the config file at '{folder}/config.json' "
+                       "is not a valid JSON file.",
+    "config a list": "cannot load the tokenizer in {folder}: transformers.configuration_utils.PreTrainedConfig() "
+                     "argument after ** must be a mapping, not list",
+    "tokenizer not JSON": "cannot load the tokenizer in {folder}: Expecting property name enclosed in double quotes: "
+                          "line 1 column 2 (char 1)",
+    "no tokenizer": "cannot load the tokenizer in {folder}: Couldn't instantiate the backend tokenizer from one of: "
+                    "(1) a `tokenizers` library serialization file,",
+    "weights cut short": "cannot load the model in {folder}: Error while deserializing header: invalid header length",
+    "weights empty": "cannot load the model in {folder}: Error while deserializing header: header too small",
+    "a weight of another shape": "cannot load the model in {folder}: a weight's shape does not match config.json",
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_a_damaged_model_folder_is_one_error_line(how, tiny, tmp_path, capsys):
+    import chat
+
+    models = damage(tiny, tmp_path, how)
+    line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi"]))
+    assert line.startswith("error: " + DAMAGE[how].format(folder=models / "llama")), line
