@@ -111,3 +111,29 @@ def test_a_damaged_model_folder_is_one_error_line(how, tiny, tmp_path, capsys):
     models = damage(tiny, tmp_path, how)
     line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi"]))
     assert line.startswith("error: " + DAMAGE[how].format(folder=models / "llama")), line
+
+
+# ------------------------------------------------------------- serve.py
+
+def test_a_port_in_use_is_one_error_line_before_the_model_loads(tmp_path, capsys):
+    """uvicorn logged `ERROR: [Errno 98] ...` and exited 3, after loading the model
+    and printing that it was serving; here no model exists, so reaching it would fail otherwise."""
+    import socket
+
+    import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob",
+                                             "--port", str(port)]))
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", str(10 ** 20)])
+def test_a_port_out_of_range_is_one_error_line(port, tmp_path, capsys):
+    import serve
+
+    line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", port]))
+    assert line == f"error: --port must be in [0, 65535], got {port}"
