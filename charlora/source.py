@@ -39,6 +39,10 @@ MIN_TRAIN = 24
 def source_path(dataset: str | Path) -> Path:
     """processed_dataset.json -> processed_dataset.source.json"""
     p = Path(dataset)
+    if not p.name:  # "", ".", "/": no file name to derive from
+        from charlora.files import output_target
+
+        output_target(dataset)  # says why
     return p.with_name((p.name[: -len(".json")] if p.name.endswith(".json") else p.name) + ".source.json")
 
 

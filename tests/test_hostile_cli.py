@@ -137,3 +137,17 @@ def test_a_port_out_of_range_is_one_error_line(port, tmp_path, capsys):
 
     line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", port]))
     assert line == f"error: --port must be in [0, 65535], got {port}"
+
+
+# ------------------------------------------------------------- prepare_dataset.py
+
+@pytest.mark.parametrize("name", ["", ".", "/"])
+def test_a_dataset_name_without_a_file_name_is_one_error_line(name, tmp_path, capsys, monkeypatch):
+    """The .source.json name derived from it was a ValueError traceback."""
+    import prepare_dataset
+
+    (tmp_path / "d.txt").write_text("Alice:Hi.\nBob:Hello.\n")
+    monkeypatch.chdir(tmp_path)
+    line = one_error(capsys, prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", name]))
+    assert line == f"error: cannot write {name!r}: it is not a file name"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.txt"]
