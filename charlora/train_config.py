@@ -234,6 +234,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     require_finite("--cutoff_len", cfg.cutoff_len, 8, 1_000_000)
     require_finite("--epochs", cfg.epochs, 0, 100_000)
     require_finite("--max_steps", cfg.max_steps, -1, 10**9)
+    if cfg.max_steps == 0:  # transformers then stops after one step, while the run's plan says every epoch
+        raise CharloraError("--max_steps must be -1 (every epoch) or a number of steps, got 0")
     require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
     require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
 

@@ -151,3 +151,19 @@ def test_a_dataset_name_without_a_file_name_is_one_error_line(name, tmp_path, ca
     line = one_error(capsys, prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", name]))
     assert line == f"error: cannot write {name!r}: it is not a file name"
     assert [p.name for p in tmp_path.iterdir()] == ["d.txt"]
+
+
+# ------------------------------------------------------------- lora_finetune.py
+
+def train_error(capsys, tmp_path, *flags: str) -> str:
+    """lora_finetune.py's one error line for flags refused before any file is read (no model exists)."""
+    import lora_finetune
+
+    return one_error(capsys, lora_finetune.main(["-m", "nowhere", "--models_dir", str(tmp_path), "--loras_dir",
+                                                 str(tmp_path / "loras"), "-d", str(tmp_path / "none.json"), *flags]))
+
+
+def test_max_steps_0_is_refused(tmp_path, capsys):
+    """It trained one optimizer step, said "20 optimizer steps" and saved that adapter as a success."""
+    assert train_error(capsys, tmp_path, "--max_steps", "0") == \
+        "error: --max_steps must be -1 (every epoch) or a number of steps, got 0"
