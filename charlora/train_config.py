@@ -238,6 +238,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError("--max_steps must be -1 (every epoch) or a number of steps, got 0")
     require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
     require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
+    # past sys.maxsize the data loader's islice raised mid-run; no batch of a million samples fits in memory
+    require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
+    require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)
 
 
 def resolve_target_modules(spec: str) -> Any:

@@ -167,3 +167,9 @@ def test_max_steps_0_is_refused(tmp_path, capsys):
     """It trained one optimizer step, said "20 optimizer steps" and saved that adapter as a success."""
     assert train_error(capsys, tmp_path, "--max_steps", "0") == \
         "error: --max_steps must be -1 (every epoch) or a number of steps, got 0"
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--grad_accum"])
+def test_a_batch_past_any_memory_is_refused(flag, tmp_path, capsys):
+    """-b 10**20 was a traceback from the data loader once training had started."""
+    assert train_error(capsys, tmp_path, flag, str(10 ** 20)) == f"error: {flag} must be in [1, 1e+06], got {10 ** 20}"
