@@ -204,7 +204,9 @@ def check_sampling(sampling: Sampling) -> None:
 
 
 def _check_chat(cfg: ChatConfig) -> ChatConfig:
-    require_finite("--pcw", cfg.pcw, 0)
+    from charlora.pcw import MAX_WINDOWS
+
+    require_finite("--pcw", cfg.pcw, 0, MAX_WINDOWS)
     for scale in cfg.lora_scale or []:
         require_finite("--lora_scale", scale)
     for flag in ("short_term_tokens", "summary_tokens", "facts_tokens", "recall_tokens", "recall_k"):

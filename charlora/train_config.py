@@ -178,6 +178,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     """Refuse any flag out of its range, one line naming it, before anything
     is read or loaded.  Pure: testable without a model."""
     from charlora.config import require_finite
+    from charlora.pcw import MAX_WINDOWS
     from charlora.source import check_others_weight
 
     if cfg.cutoff_len < 8:
@@ -241,6 +242,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     # past sys.maxsize the data loader's islice raised mid-run; no batch of a million samples fits in memory
     require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
     require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)
+    require_finite("--pcw_windows", cfg.pcw_windows, 0, MAX_WINDOWS)
 
 
 def resolve_target_modules(spec: str) -> Any:

@@ -173,3 +173,14 @@ def test_max_steps_0_is_refused(tmp_path, capsys):
 def test_a_batch_past_any_memory_is_refused(flag, tmp_path, capsys):
     """-b 10**20 was a traceback from the data loader once training had started."""
     assert train_error(capsys, tmp_path, flag, str(10 ** 20)) == f"error: {flag} must be in [1, 1e+06], got {10 ** 20}"
+
+
+def test_window_counts_past_any_context_are_refused(tmp_path, capsys):
+    """--pcw_windows / --pcw 10**20 hung in the window split's loop (one pass per window)."""
+    import chat
+
+    assert train_error(capsys, tmp_path, "--pcw_windows", str(10 ** 20)) == \
+        f"error: --pcw_windows must be in [0, 1000], got {10 ** 20}"
+    line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
+                                        "--pcw", str(10 ** 20)]))
+    assert line == f"error: --pcw must be in [0, 1000], got {10 ** 20}"
