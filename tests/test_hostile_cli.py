@@ -184,3 +184,15 @@ def test_window_counts_past_any_context_are_refused(tmp_path, capsys):
     line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
                                         "--pcw", str(10 ** 20)]))
     assert line == f"error: --pcw must be in [0, 1000], got {10 ** 20}"
+
+
+# ------------------------------------------------------------- chat.py
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_a_seed_out_of_numpys_range_is_one_error_line(seed, tmp_path, capsys):
+    """It was a ValueError traceback from the seeding, after the model had loaded."""
+    import chat
+
+    line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
+                                        "--seed", seed]))
+    assert line == f"error: --seed must be in [0, 4.29497e+09], got {seed}"
