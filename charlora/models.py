@@ -282,7 +282,21 @@ def load_for_inference(path: Path, quantization: str = "auto", dtype: str = "aut
 
 def max_positions(model: Any, tokenizer: Any) -> int | None:
     """How many tokens the model reads at most (None: no known limit)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config_positions(model.config, tokenizer)
+
+
+def check_cutoff(cutoff_len: int, config: Any, tokenizer: Any) -> None:
+    """Refuse a --cutoff_len longer than the model reads: past a learned
+    position table (GPT-2, OPT) the forward raised IndexError mid-run."""
+    limit = config_positions(config, tokenizer)
+    if limit is not None and cutoff_len > limit:
+        raise CharloraError(f"--cutoff_len {cutoff_len} is longer than this model reads ({limit} tokens); "
+                            f"use -c {limit} or less")
+
+
+def config_positions(config: Any, tokenizer: Any) -> int | None:
+    """max_positions from the model's config alone (before any weights load)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:

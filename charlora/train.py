@@ -99,6 +99,7 @@ def inspect_base(cfg: TrainConfig, model_path: Path, log) -> Base:
 
     model_config = models.read_config(model_path, cfg.trust_remote_code)
     models.check_vocabulary(tokenizer, model_config, model_path)
+    models.check_cutoff(cfg.cutoff_len, model_config, tokenizer)
     models.check_weights(model_path, cfg.allow_pickle)
     n_params = models.count_parameters(model_config)
     quant = models.choose_quantization(cfg.quantization, 2 * n_params, models.available_memory(device))

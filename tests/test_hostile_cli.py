@@ -13,10 +13,11 @@ from conftest import save_tiny_model
 
 
 def one_error(capsys, rc) -> str:
-    """The run's exit status was 2 and stderr holds exactly one line, `error: ...`."""
+    """The run's exit status was 2 and stderr ends with its one line `error: ...`
+    (after the progress bars of a model load, where it got that far)."""
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (rc, out, err)
     return lines[0]
 
@@ -196,3 +197,23 @@ def test_a_seed_out_of_numpys_range_is_one_error_line(seed, tmp_path, capsys):
     line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
                                         "--seed", seed]))
     assert line == f"error: --seed must be in [0, 4.29497e+09], got {seed}"
+
+
+# ------------------------------------------------------------- --cutoff_len and the model's positions
+
+def test_a_cutoff_past_the_models_positions_is_refused(models_dir, tiny_dataset, tmp_path, capsys):
+    """GPT-2 learns a table of 512 positions here: -c 600 was an IndexError
+    traceback mid-training (after the data report) and mid-evaluation once a
+    sample was longer than 512 tokens, and went unnoticed while none was."""
+    import evaluate
+    import lora_finetune
+
+    want = "error: --cutoff_len 600 is longer than this model reads (512 tokens); use -c 512 or less"
+    assert one_error(capsys, lora_finetune.main(
+        ["-m", "gpt2", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(tiny_dataset),
+         "-c", "600"])) == want
+    assert list((tmp_path / "loras").rglob("*")) == []  # the run's folder plan made loras/ itself, nothing in it
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
+    assert one_error(capsys, evaluate.main(["-m", "gpt2", "--models_dir", str(models_dir), "-n", "Bob",
+                                            "-t", str(dialogue), "-c", "600"])) == want
