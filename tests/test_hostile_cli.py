@@ -87,6 +87,13 @@ def damage(root: Path, tmp_path: Path, how: str) -> Path:
         tensors = load_file(weights)
         tensors["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(3, 3)
         save_file(tensors, weights, metadata={"format": "pt"})
+    elif how == "NaN weights":
+        from safetensors.torch import load_file, save_file
+        import torch
+
+        tensors = load_file(weights)
+        tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+        save_file(tensors, weights, metadata={"format": "pt"})
     return models
 
 
@@ -217,3 +224,14 @@ def test_a_cutoff_past_the_models_positions_is_refused(models_dir, tiny_dataset,
     dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
     assert one_error(capsys, evaluate.main(["-m", "gpt2", "--models_dir", str(models_dir), "-n", "Bob",
                                             "-t", str(dialogue), "-c", "600"])) == want
+
+
+def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys):
+    """torch.multinomial's RuntimeError on NaN probabilities was a traceback."""
+    import chat
+
+    models = damage(tiny, tmp_path, "NaN weights")
+    line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi",
+                                        "--temperature", "0.7"]))
+    assert line == ("error: the model's next-token probabilities are not numbers (NaN or infinity): its weights are "
+                    "damaged, or --lora_scale is too large")
