@@ -175,13 +175,20 @@ def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_c
     if device != "cpu" or quantization != "none":
         kwargs["device_map"] = {"": device}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         # RuntimeError: a tensor whose shape config.json does not give (the
         # report it points to is not shown: library logging is quiet)
         reason = ("a weight's shape does not match config.json" if "ignore_mismatched_sizes" in str(exc)
                   else one_line(exc))
         raise CharloraError(f"cannot load the model in {path}: {reason}") from None
+    # transformers fills a tensor the files lack with random values and only
+    # logs it (quietly here): a missing shard would train and chat on noise
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise CharloraError(f"the weights in {path} lack {len(missing)} of the model's tensors ({missing[0]}"
+                            f"{', ...' if len(missing) > 1 else ''}); copy all of the model's weight files there")
+    return model
 
 
 def one_line(exc: Exception, limit: int = 300) -> str:

@@ -87,6 +87,12 @@ def damage(root: Path, tmp_path: Path, how: str) -> Path:
         tensors = load_file(weights)
         tensors["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(3, 3)
         save_file(tensors, weights, metadata={"format": "pt"})
+    elif how == "a weight missing":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        del tensors["model.layers.0.self_attn.q_proj.weight"]
+        save_file(tensors, weights, metadata={"format": "pt"})
     elif how == "NaN weights":
         from safetensors.torch import load_file, save_file
         import torch
@@ -109,6 +115,9 @@ DAMAGE = {
     "weights cut short": "cannot load the model in {folder}: Error while deserializing header: invalid header length",
     "weights empty": "cannot load the model in {folder}: Error while deserializing header: header too small",
     "a weight of another shape": "cannot load the model in {folder}: a weight's shape does not match config.json",
+    # was no error at all: the tensor started random and chat.py talked noise
+    "a weight missing": "the weights in {folder} lack 1 of the model's tensors "
+                        "(model.layers.0.self_attn.q_proj.weight); copy all of the model's weight files there",
 }
 
 
