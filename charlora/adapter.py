@@ -224,10 +224,13 @@ _CardDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
 
 
+def character_yaml(card: dict[str, str]) -> str:
+    return yaml.dump(card, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
 def write_character(path: Path, card: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.dump(card, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=1000),
-                    encoding="utf-8")
+    path.write_text(character_yaml(card), encoding="utf-8")
 
 
 def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> None:

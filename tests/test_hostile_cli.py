@@ -244,3 +244,26 @@ def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys):
                                         "--temperature", "0.7"]))
     assert line == ("error: the model's next-token probabilities are not numbers (NaN or infinity): its weights are "
                     "damaged, or --lora_scale is too large")
+
+
+def test_export_character_into_a_file_or_onto_a_fifo(models_dir, tiny_dataset, tmp_path, capsys):
+    """--characters_dir naming a file was a FileExistsError traceback after the
+    whole run; a FIFO where Bob.yaml goes made the run hang at its end (open for writing)."""
+    import lora_finetune
+
+    def run(characters: Path, name: str) -> int:
+        return lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
+                                   "-d", str(tiny_dataset), "-l", name, "--max_steps", "1", "--sample_replies", "0",
+                                   "--dtype", "fp32", "--export_character", "--characters_dir", str(characters)])
+
+    (tmp_path / "afile").write_text("x")
+    assert one_error(capsys, run(tmp_path / "afile", "a")) == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+    assert not (tmp_path / "loras" / "a").exists()  # refused before training
+    (tmp_path / "chars").mkdir()
+    os.mkfifo(tmp_path / "chars" / "Bob.yaml")
+    rc = run(tmp_path / "chars", "b")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / 'chars' / 'Bob.yaml'}: it is not a regular "
+                                            "file (a pipe, device or socket); choose an ordinary file name")
+    assert (tmp_path / "chars" / "Bob.yaml").is_fifo() and (tmp_path / "loras" / "b" / "Bob.yaml").is_file()
