@@ -78,6 +78,8 @@ def load_source(dataset: str | Path, samples: Sequence[dict[str, str]]) -> tuple
         return None, f"no {path.name} beside the dataset (made by an older prepare_dataset.py)"
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rec, dict):
+            return None, f"{path.name} is not a JSON object"
         if rec.get("format") != FORMAT:
             return None, f"{path.name} is of another format ({rec.get('format')!r})"
         src = Source(str(rec["name"]), int(rec["rounds"]), bool(rec["split_scenes"]),

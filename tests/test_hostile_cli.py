@@ -267,3 +267,14 @@ def test_export_character_into_a_file_or_onto_a_fifo(models_dir, tiny_dataset, t
     assert err.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / 'chars' / 'Bob.yaml'}: it is not a regular "
                                             "file (a pipe, device or socket); choose an ordinary file name")
     assert (tmp_path / "chars" / "Bob.yaml").is_fifo() and (tmp_path / "loras" / "b" / "Bob.yaml").is_file()
+
+
+@pytest.mark.parametrize("text", ["[]", '"x"', "null"])
+def test_a_source_file_that_is_not_an_object_is_not_used(text, tmp_path):
+    """<dataset>.source.json holding a list, a string or null was an
+    AttributeError traceback in training; it is skipped as an unreadable one is."""
+    from charlora.source import load_source
+
+    (tmp_path / "d.source.json").write_text(text)
+    assert load_source(tmp_path / "d.json", [{"output": "hi", "input": "Bob:"}]) == \
+        (None, "d.source.json is not a JSON object")
