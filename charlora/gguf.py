@@ -102,7 +102,7 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CharloraError(f"{path} is not readable JSON: {exc}") from None
 
 
-def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_type: str = "f32") -> Path:
+def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None, out_type: str = "f32") -> Path:
     """Write `<adapter_dir>/<name>.gguf` (or `out`) for llama.cpp; returns its path.
 
     Written to a temporary name and renamed, so a failed export leaves no half file.
@@ -121,10 +121,11 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_
         raise CharloraError(f"{weights} not found (only safetensors adapters are exported)")
     base_config = read_json(base_dir / "config.json")
     tensors = gguf_lora_tensors(load_file(str(weights)), base_config)
-    out = Path(out) if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
     # checked as every other output is: renaming over a FIFO or a device
     # (-o /dev/null, run as root) would replace it with a file
-    real = output_target(out)
+    out = out if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
+    real = output_target(out)  # before Path(): -o '' is refused, not taken for "."
+    out = Path(out)
     tmp = real.with_name(f".{real.name}.partial")
     writer = gguf.GGUFWriter(tmp, check_base(base_config))
     writer.add_type(gguf.GGUFType.ADAPTER)

@@ -278,3 +278,16 @@ def test_a_source_file_that_is_not_an_object_is_not_used(text, tmp_path):
     (tmp_path / "d.source.json").write_text(text)
     assert load_source(tmp_path / "d.json", [{"output": "hi", "input": "Bob:"}]) == \
         (None, "d.source.json is not a JSON object")
+
+
+def test_an_empty_output_path_is_refused_not_ignored(tiny, tmp_path, capsys, monkeypatch):
+    """evaluate.py --json '' wrote no JSON and export_gguf.py -o '' wrote to the
+    default path, both with exit 0 (an unset shell variable, "--json $OUT")."""
+    import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.txt").write_text("Alice:Hi.\nBob:Hello.\n")
+    want = "error: cannot write '': it is not a file name"
+    assert one_error(capsys, evaluate.main(["-m", "nowhere", "-n", "Bob", "-t", "d.txt", "--json", ""])) == want
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", ""))) == want
+    assert not (tiny / "loras" / "bob" / "bob.gguf").exists()
