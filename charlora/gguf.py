@@ -95,11 +95,14 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CharloraError(f"{path} not found") from None
     except (OSError, ValueError) as exc:
         raise CharloraError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(obj, dict):  # a list was an AttributeError traceback in check_base
+        raise CharloraError(f"{path} is not a JSON object")
+    return obj
 
 
 def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None, out_type: str = "f32") -> Path:
@@ -109,18 +112,25 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
     """
     import gguf
     import numpy as np
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from charlora.adapter import read_adapter_config
 
     if out_type not in OUT_TYPES:
         raise CharloraError(f"--outtype must be one of {', '.join(OUT_TYPES)}, got {out_type!r}")
-    config = read_json(adapter_dir / "adapter_config.json")
+    config = read_adapter_config(adapter_dir)
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise CharloraError("per-layer ranks or alphas (rank_pattern / alpha_pattern) have no place in a llama.cpp LoRA")
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise CharloraError(f"{weights} not found (only safetensors adapters are exported)")
     base_config = read_json(base_dir / "config.json")
-    tensors = gguf_lora_tensors(load_file(str(weights)), base_config)
+    try:
+        lora = load_file(str(weights))
+    except SafetensorError as exc:
+        raise CharloraError(f"{weights} is not a readable safetensors file: {exc}") from None
+    tensors = gguf_lora_tensors(lora, base_config)
     # checked as every other output is: renaming over a FIFO or a device
     # (-o /dev/null, run as root) would replace it with a file
     out = out if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"

@@ -291,3 +291,50 @@ def test_an_empty_output_path_is_refused_not_ignored(tiny, tmp_path, capsys, mon
     assert one_error(capsys, evaluate.main(["-m", "nowhere", "-n", "Bob", "-t", "d.txt", "--json", ""])) == want
     assert one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", ""))) == want
     assert not (tiny / "loras" / "bob" / "bob.gguf").exists()
+
+
+# ------------------------------------------------------------- damaged adapters
+
+BAD_ADAPTER = {
+    "a list": ("[1]", 'is not a LoRA adapter\'s config (it needs "peft_type": "LORA")'),
+    "an empty object": ("{}", 'is not a LoRA adapter\'s config (it needs "peft_type": "LORA")'),
+    "a text rank": ('{"peft_type": "LORA", "r": "8", "lora_alpha": 16}',
+                    'needs a whole "r" of 1 or more and a number "lora_alpha", got \'8\' and 16'),
+    "no alpha": ('{"peft_type": "LORA", "r": 8}', 'needs a whole "r" of 1 or more and a number "lora_alpha", got 8 and None'),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_ADAPTER))
+def test_a_damaged_adapter_config_is_one_error_line_in_chat_and_export(how, tiny, tmp_path, capsys):
+    """Each was a KeyError / TypeError / AttributeError traceback from PEFT or the GGUF export."""
+    import shutil
+
+    import chat
+
+    text, problem = BAD_ADAPTER[how]
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras" / "bob", loras / "bob")
+    (loras / "bob" / "adapter_config.json").write_text(text)
+    want = f"error: {loras / 'bob' / 'adapter_config.json'} {problem}"
+    assert one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras),
+                                        "-l", "bob", "-n", "Bob", "--say", "hi"])) == want
+    assert one_error(capsys, export_gguf.main(["-l", "bob", "-m", "llama", "--models_dir", str(tiny / "models"),
+                                               "--loras_dir", str(loras)])) == want
+
+
+def test_an_adapter_without_weights_or_with_cut_weights_is_one_error_line(tiny, tmp_path, capsys):
+    """No weights: chat said "Repo id must be a string"; cut weights: the export's traceback."""
+    import shutil
+
+    import chat
+
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras" / "bob", loras / "bob")
+    weights = loras / "bob" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "--loras_dir", str(loras)))) == \
+        f"error: {weights} is not a readable safetensors file: Error while deserializing header: invalid header length"
+    weights.unlink()
+    assert one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras),
+                                        "-l", "bob", "-n", "Bob", "--say", "hi"])) == \
+        f"error: {loras / 'bob'} has no adapter_model.safetensors (the adapter's weights)"
