@@ -58,6 +58,7 @@ def plan_run(cfg: TrainConfig, main_process: bool, log) -> Plan:
     resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None
     if resume_from is not None:
         checkpoints.check_resumable(ckpt_dir, settings)
+        checkpoints.check_intact(resume_from)
     merge_dest = models_dir / files.safe_name(f"{model_path.name}-{cfg.lora_name}") if cfg.merge else None
     if merge_dest is not None and merge_dest.exists():
         raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")

@@ -338,3 +338,37 @@ def test_an_adapter_without_weights_or_with_cut_weights_is_one_error_line(tiny, 
     assert one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras),
                                         "-l", "bob", "-n", "Bob", "--say", "hi"])) == \
         f"error: {loras / 'bob'} has no adapter_model.safetensors (the adapter's weights)"
+
+
+# ------------------------------------------------------------- --resume from a damaged checkpoint
+
+@pytest.mark.parametrize("damaged", ["trainer_state.json", "optimizer.pt", "rng_state.pth", "adapter_model.safetensors"])
+def test_resume_from_a_damaged_checkpoint_is_one_error_line(damaged, models_dir, tiny_dataset, tmp_path, monkeypatch,
+                                                          capsys):
+    """A checkpoint file damaged after it completed was a traceback from inside
+    Trainer (JSONDecodeError, KeyError from unpickling junk, SafetensorError)."""
+    import errno
+
+    import lora_finetune
+    import peft.peft_model
+
+    real_save = peft.peft_model.safe_save_file
+
+    def full_at_final_write(tensors, filename, *args, **kwargs):  # the run ends with its checkpoint, no adapter
+        if ".r.partial" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full_at_final_write)
+    args = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path), "-d", str(tiny_dataset),
+            "-l", "r", "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32", "--eval_split", "0"]
+    assert lora_finetune.main(args) == 2
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real_save)
+    checkpoint = tmp_path / "r" / "checkpoints" / "checkpoint-2"
+    (checkpoint / damaged).write_bytes(b"junk\n")
+    capsys.readouterr()
+    rc = lora_finetune.main([*args, "--resume"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"error: checkpoint {checkpoint} is damaged ({damaged}: "), err
+    assert err.strip().endswith("delete that folder to resume from the one before it, or --overwrite to start over")
