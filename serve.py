@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from charlora.run_folder import ensure_writable
     from charlora.server import listen
 
-    server_config(args)  # a bad flag is named before the port is taken
+    config = server_config(args)  # a bad flag is named before the port is taken
+    if config.memory is not None:  # else the server starts and every request fails with a 500
+        ensure_writable(config.memory.memory_dir)
     sockets = listen(args.host, args.port)
     app, config = build(args)
     import uvicorn

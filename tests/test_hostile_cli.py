@@ -372,3 +372,13 @@ def test_resume_from_a_damaged_checkpoint_is_one_error_line(damaged, models_dir,
     assert rc == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         f"error: checkpoint {checkpoint} is damaged ({damaged}: "), err
     assert err.strip().endswith("delete that folder to resume from the one before it, or --overwrite to start over")
+
+
+def test_a_memory_folder_that_is_a_file_stops_serve_at_start(tmp_path, capsys):
+    """serve.py said it was serving and answered every request with a 500."""
+    import serve
+
+    (tmp_path / "afile").write_text("x")
+    line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", "0",
+                                         "--memory", "--memory_dir", str(tmp_path / "afile")]))
+    assert line == f"error: cannot write to {tmp_path / 'afile'}: File exists"
