@@ -382,3 +382,16 @@ def test_a_memory_folder_that_is_a_file_stops_serve_at_start(tmp_path, capsys):
     line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", "0",
                                          "--memory", "--memory_dir", str(tmp_path / "afile")]))
     assert line == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+
+
+def test_chat_load_of_a_fifo_is_refused_not_waited_on(tmp_path):
+    """/load FILE read the FIFO forever (and /load /dev/zero until memory ran out)."""
+    from charlora.chat import load_history
+    from charlora.errors import CharloraError
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(CharloraError, match=r"pipe is not a regular file \(a device, pipe or socket\)"):
+        load_history(fifo)
+    with pytest.raises(CharloraError, match=f"^{tmp_path} is a folder$"):
+        load_history(tmp_path)
