@@ -243,6 +243,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
     require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)
     require_finite("--pcw_windows", cfg.pcw_windows, 0, MAX_WINDOWS)
+    # NEFTune's paper uses 5-15; past float32's range the noise draw raised mid-run (1e300)
+    require_finite("--neftune_noise_alpha", cfg.neftune_noise_alpha, 0, 1000)
 
 
 def resolve_target_modules(spec: str) -> Any:

@@ -395,3 +395,9 @@ def test_chat_load_of_a_fifo_is_refused_not_waited_on(tmp_path):
         load_history(fifo)
     with pytest.raises(CharloraError, match=f"^{tmp_path} is a folder$"):
         load_history(tmp_path)
+
+
+def test_neftune_noise_past_floats_range_is_refused(tmp_path, capsys):
+    """--neftune_noise_alpha 1e300 was a RuntimeError traceback from the noise draw at the first step."""
+    assert train_error(capsys, tmp_path, "--neftune_noise_alpha", "1e300") == \
+        "error: --neftune_noise_alpha must be in [0, 1000], got 1e+300"
