@@ -401,3 +401,18 @@ def test_neftune_noise_past_floats_range_is_refused(tmp_path, capsys):
     """--neftune_noise_alpha 1e300 was a RuntimeError traceback from the noise draw at the first step."""
     assert train_error(capsys, tmp_path, "--neftune_noise_alpha", "1e300") == \
         "error: --neftune_noise_alpha must be in [0, 1000], got 1e+300"
+
+
+def test_nan_in_the_base_weights_is_not_blamed_on_the_learning_rate(tiny, tiny_dataset, tmp_path, capsys):
+    """Training said "lower --learning_rate" for a base model whose files hold NaN."""
+    import lora_finetune
+
+    models = damage(tiny, tmp_path, "NaN weights")
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models), "--loras_dir", str(tmp_path / "loras"),
+                             "-d", str(tiny_dataset), "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32",
+                             "--eval_split", "0"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().endswith(errors[0])
+    assert errors[0] == ("error: the base model's weight base_model.model.model.norm.weight is not finite (NaN or "
+                    "infinity): its weight files are damaged, and no --learning_rate can train on it")
