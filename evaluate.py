@@ -50,12 +50,12 @@ def run(cfg: EvalConfig) -> int:
     from charlora.files import check_outputs, write_json_atomic
 
     cfg = check_config(cfg)
-    if cfg.json_out:
+    if cfg.json_out is not None:
         check_outputs([cfg.json_out])  # a bad --json path fails now, not after the whole evaluation
     quiet_libraries(progress_bars=True)
     reports = evaluate(cfg, log=lambda message: print(message, file=sys.stderr))
     print_reports(reports, cfg.examples)
-    if cfg.json_out:
+    if cfg.json_out is not None:
         from charlora.evaluate import summary
         from charlora.provenance import environment
 

@@ -39,7 +39,7 @@ def export(args: argparse.Namespace) -> tuple[Path, str]:
     if not base:
         raise CharloraError(f"{adapter}/adapter_config.json names no base model; give it with -m")
     base_dir = models.find_model(models.resolve_dir(args.models_dir, "models")[0], base)
-    return export_lora(adapter, base_dir, Path(args.outfile) if args.outfile else None, args.outtype), base
+    return export_lora(adapter, base_dir, args.outfile, args.outtype), base
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,11 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from charlora.run_folder import ensure_writable
+    from charlora.server import listen
+
+    config = server_config(args)  # a bad flag is named before the port is taken
+    if config.memory is not None:  # else the server starts and every request fails with a 500
+        ensure_writable(config.memory.memory_dir)
+    sockets = listen(args.host, args.port)
     app, config = build(args)
     import uvicorn
 
     print(f"serving {config.description} as model {config.model_id!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
     return 0
 
 

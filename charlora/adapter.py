@@ -224,10 +224,13 @@ _CardDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
 
 
+def character_yaml(card: dict[str, str]) -> str:
+    return yaml.dump(card, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
 def write_character(path: Path, card: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.dump(card, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=1000),
-                    encoding="utf-8")
+    path.write_text(character_yaml(card), encoding="utf-8")
 
 
 def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> None:
@@ -249,9 +252,10 @@ def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> No
 
 
 def find_adapter(loras_dir: Path, name: str) -> Path:
-    """loras/<name>, or `name` as a path, holding adapter_config.json."""
+    """loras/<name>, or `name` as a path, holding adapter_config.json (checked: read_adapter_config)."""
     for candidate in (loras_dir / name, Path(name)):
         if (candidate / "adapter_config.json").is_file():
+            read_adapter_config(candidate)
             return candidate
     there = sorted(p.name for p in loras_dir.iterdir() if (p / "adapter_config.json").is_file()) if loras_dir.is_dir() else []
     listing = f"adapters in {loras_dir}/: {', '.join(there)}" if there else f"no adapters in {loras_dir}/"
@@ -260,6 +264,26 @@ def find_adapter(loras_dir: Path, name: str) -> Path:
 
 def _raise(message: str):
     raise CharloraError(message)
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any]:
+    """adapter_config.json, checked for what PEFT and the GGUF export read
+    from it (a list, {} or a text "r" were tracebacks in both)."""
+    import math
+
+    path = adapter / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CharloraError(f"{path} is not readable JSON") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise CharloraError(f'{path} is not a LoRA adapter\'s config (it needs "peft_type": "LORA")')
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    if not (type(r) is int and r >= 1 and type(alpha) in (int, float) and math.isfinite(alpha)):
+        raise CharloraError(f'{path} needs a whole "r" of 1 or more and a number "lora_alpha", got {r!r} and {alpha!r}')
+    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise CharloraError(f"{adapter} has no adapter_model.safetensors (the adapter's weights)")
+    return cfg
 
 
 def adapter_base_name(adapter: Path) -> str | None:

@@ -75,10 +75,14 @@ def save_history(history: Sequence[Line], path: str | Path) -> None:
 
 
 def load_history(path: str | Path) -> list[Line]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
+    from charlora.dialogue import MAX_INPUT_BYTES, read_bytes_bounded
+
+    try:  # bounded: /load of a FIFO waited forever, /load /dev/zero read until memory ran out
+        text = read_bytes_bounded(Path(path), MAX_INPUT_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise CharloraError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise CharloraError(f"{path} is a folder") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CharloraError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:

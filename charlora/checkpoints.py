@@ -58,6 +58,33 @@ def record_run(folder: Path, settings: dict[str, Any]) -> None:
     write_json_atomic(settings, folder / RUN_FILE)
 
 
+def check_intact(checkpoint: Path) -> None:
+    """Read what Trainer reads back from a checkpoint (JSON, safetensors
+    headers, the zip archives torch.save writes), so a file damaged after the
+    checkpoint completed is one error line, not a traceback from inside
+    Trainer.  Nothing is unpickled: the zip CRCs alone find cut or junk files."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    list(f.keys())
+            elif path.suffix in (".pt", ".pth"):
+                with zipfile.ZipFile(path) as archive:
+                    if archive.testzip() is not None:
+                        raise zipfile.BadZipFile("a member fails its CRC check")
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as exc:
+            from charlora.models import one_line
+
+            raise CharloraError(f"checkpoint {checkpoint} is damaged ({path.name}: {one_line(exc)}); delete that "
+                                "folder to resume from the one before it, or --overwrite to start over") from None
+
+
 def check_resumable(folder: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume a run with different training settings: the
     optimizer state and schedule in the checkpoint belong to the old ones."""

@@ -204,7 +204,11 @@ def check_sampling(sampling: Sampling) -> None:
 
 
 def _check_chat(cfg: ChatConfig) -> ChatConfig:
-    require_finite("--pcw", cfg.pcw, 0)
+    from charlora.pcw import MAX_WINDOWS
+
+    require_finite("--pcw", cfg.pcw, 0, MAX_WINDOWS)
+    if cfg.seed is not None:
+        require_finite("--seed", cfg.seed, 0, 2**32 - 1)  # numpy's seeding range, as training checks it
     for scale in cfg.lora_scale or []:
         require_finite("--lora_scale", scale)
     for flag in ("short_term_tokens", "summary_tokens", "facts_tokens", "recall_tokens", "recall_k"):

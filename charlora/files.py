@@ -39,9 +39,9 @@ def output_target(path: str | Path) -> Path:
     link stays), after checking that it can be replaced.  Raises
     CharloraError naming the reason; call it for every output before writing
     any, so a refused one never leaves the others half-updated."""
-    path = Path(path)
-    if str(path) == "" or path.name in ("", ".", ".."):
+    if str(path) == "" or Path(path).name in ("", ".", ".."):  # before Path() turns "" into "."
         raise CharloraError(f"cannot write {str(path)!r}: it is not a file name")
+    path = Path(path)
     real = Path(os.path.realpath(path))
     try:
         st = real.stat()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from charlora.errors import CharloraError
+from charlora.files import output_target
 
 # HF architecture -> llama.cpp architecture, for the families handled here.
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
@@ -94,34 +95,48 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CharloraError(f"{path} not found") from None
     except (OSError, ValueError) as exc:
         raise CharloraError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(obj, dict):  # a list was an AttributeError traceback in check_base
+        raise CharloraError(f"{path} is not a JSON object")
+    return obj
 
 
-def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_type: str = "f32") -> Path:
+def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None, out_type: str = "f32") -> Path:
     """Write `<adapter_dir>/<name>.gguf` (or `out`) for llama.cpp; returns its path.
 
     Written to a temporary name and renamed, so a failed export leaves no half file.
     """
     import gguf
     import numpy as np
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from charlora.adapter import read_adapter_config
 
     if out_type not in OUT_TYPES:
         raise CharloraError(f"--outtype must be one of {', '.join(OUT_TYPES)}, got {out_type!r}")
-    config = read_json(adapter_dir / "adapter_config.json")
+    config = read_adapter_config(adapter_dir)
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise CharloraError("per-layer ranks or alphas (rank_pattern / alpha_pattern) have no place in a llama.cpp LoRA")
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise CharloraError(f"{weights} not found (only safetensors adapters are exported)")
     base_config = read_json(base_dir / "config.json")
-    tensors = gguf_lora_tensors(load_file(str(weights)), base_config)
-    out = Path(out) if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
-    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        lora = load_file(str(weights))
+    except SafetensorError as exc:
+        raise CharloraError(f"{weights} is not a readable safetensors file: {exc}") from None
+    tensors = gguf_lora_tensors(lora, base_config)
+    # checked as every other output is: renaming over a FIFO or a device
+    # (-o /dev/null, run as root) would replace it with a file
+    out = out if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
+    real = output_target(out)  # before Path(): -o '' is refused, not taken for "."
+    out = Path(out)
+    tmp = real.with_name(f".{real.name}.partial")
     writer = gguf.GGUFWriter(tmp, check_base(base_config))
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -138,7 +153,7 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path | None = None, out_
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        tmp.replace(out)
+        tmp.replace(real)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CharloraError(f"cannot write {out}: {exc.strerror or exc}") from None

@@ -179,7 +179,16 @@ def make_divergence_guard(log=print):
             with torch.no_grad():
                 for name, param in model.named_parameters():
                     if param.requires_grad and not bool(torch.isfinite(param).all()):
+                        self._base_is_damaged(model)
                         self._fail(args, state, f"weight {name} is not finite (NaN or infinity)")
+
+        def _base_is_damaged(self, model) -> None:
+            # Only once something diverged (no cost otherwise): a NaN in the
+            # frozen weights is the model files' fault, not the learning rate's.
+            for name, param in model.named_parameters():
+                if not param.requires_grad and not bool(torch.isfinite(param).all()):
+                    raise Diverged(f"the base model's weight {name} is not finite (NaN or infinity): its weight "
+                                   "files are damaged, and no --learning_rate can train on it")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # The loss only: an infinite gradient norm is routine under fp16

@@ -116,7 +116,10 @@ def pick_dtype(requested: str, device: str):
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:  # a damaged config.json or tokenizer file, or none at all
+        raise CharloraError(f"cannot load the tokenizer in {path}: {one_line(exc)}") from None
     if tokenizer.eos_token_id is None:
         raise CharloraError(f"the tokenizer in {path} has no end-of-sequence token; the character could not learn to stop")
     if tokenizer.pad_token_id is None:
@@ -157,6 +160,7 @@ def check_vocabulary(tokenizer, config, path: Path) -> None:
 def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_code: bool = False,
                allow_pickle: bool = False):
     """AutoModelForCausalLM from a local folder, optionally 8/4-bit (bitsandbytes)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     safetensors = check_weights(path, allow_pickle)
@@ -171,9 +175,26 @@ def load_model(path: Path, quantization: str, dtype, device: str, trust_remote_c
     if device != "cpu" or quantization != "none":
         kwargs["device_map"] = {"": device}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise CharloraError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        # RuntimeError: a tensor whose shape config.json does not give (the
+        # report it points to is not shown: library logging is quiet)
+        reason = ("a weight's shape does not match config.json" if "ignore_mismatched_sizes" in str(exc)
+                  else one_line(exc))
+        raise CharloraError(f"cannot load the model in {path}: {reason}") from None
+    # transformers fills a tensor the files lack with random values and only
+    # logs it (quietly here): a missing shard would train and chat on noise
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise CharloraError(f"the weights in {path} lack {len(missing)} of the model's tensors ({missing[0]}"
+                            f"{', ...' if len(missing) > 1 else ''}); copy all of the model's weight files there")
+    return model
+
+
+def one_line(exc: Exception, limit: int = 300) -> str:
+    """A library exception's message as one line (some span several: "from one of:", then the list)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def without_peft(model: Any) -> Any:
@@ -215,8 +236,8 @@ def read_config(path: Path, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise CharloraError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: config.json holds a list, not an object
+        raise CharloraError(f"cannot read the model config in {path}: {one_line(exc)}") from None
 
 
 def meta_model(path: Path, trust_remote_code: bool = False):
@@ -268,7 +289,21 @@ def load_for_inference(path: Path, quantization: str = "auto", dtype: str = "aut
 
 def max_positions(model: Any, tokenizer: Any) -> int | None:
     """How many tokens the model reads at most (None: no known limit)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config_positions(model.config, tokenizer)
+
+
+def check_cutoff(cutoff_len: int, config: Any, tokenizer: Any) -> None:
+    """Refuse a --cutoff_len longer than the model reads: past a learned
+    position table (GPT-2, OPT) the forward raised IndexError mid-run."""
+    limit = config_positions(config, tokenizer)
+    if limit is not None and cutoff_len > limit:
+        raise CharloraError(f"--cutoff_len {cutoff_len} is longer than this model reads ({limit} tokens); "
+                            f"use -c {limit} or less")
+
+
+def config_positions(config: Any, tokenizer: Any) -> int | None:
+    """max_positions from the model's config alone (before any weights load)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:

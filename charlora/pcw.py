@@ -68,6 +68,11 @@ PAD = -2
 # evaluation): the turn being answered and the one before it.
 PCW_RECENT = 2
 
+# The most windows --pcw / --pcw_windows may ask for.  Each window holds at
+# least one line, and a sample has at most 1000 context lines (prepare_dataset's
+# --rounds limit); the window split loops once per window, so 10**20 hung.
+MAX_WINDOWS = 1000
+
 # The attention implementations that take an arbitrary 4D mask.
 MASKED_ATTENTION = ("eager", "sdpa")
 

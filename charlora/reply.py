@@ -23,10 +23,12 @@ generate_replies, generate_reply, generate_pcw_reply, sample_reply.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, TextIO
 
 from charlora.dialogue import parse_line
+from charlora.errors import CharloraError
 from charlora.prompt import prompt_speakers
 
 # What ends a line in a dialogue file (parse_dialogue): \n, \r\n or \r.
@@ -325,6 +327,19 @@ class ReplyStreamer:
         self.out.flush()
 
 
+@contextmanager
+def finite_scores():
+    """torch.multinomial's error on NaN / infinite probabilities (sampling),
+    which damaged weights or a huge --lora_scale give, as the user's error."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "probability tensor contains" not in str(exc):
+            raise
+        raise CharloraError("the model's next-token probabilities are not numbers (NaN or infinity): its weights "
+                            "are damaged, or --lora_scale is too large") from None
+
+
 def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], name: str, speakers: Iterable[str],
                      sampling: Sampling = Sampling(), *, stop: bool = True, stream: TextIO | None = None,
                      batch_size: int = 8, add_special_tokens: bool = True) -> list[Generated]:
@@ -365,7 +380,7 @@ def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], name: s
             streamer = ReplyStreamer(tokenizer, name, speakers, stream) if stream is not None else None
             block = ([make_reply_ngram_block(sampling.reply_ngram_block, prompt_len)]
                      if sampling.reply_ngram_block > 0 else None)
-            with torch.inference_mode():
+            with torch.inference_mode(), finite_scores():
                 ids = model.generate(**enc, generation_config=config, streamer=streamer, stopping_criteria=stops,
                                      logits_processor=block)
             out.extend(finish(tokenizer, row, name, speakers) for row in ids[:, prompt_len:].tolist())
@@ -400,8 +415,10 @@ def generate_pcw_reply(model: Any, tokenizer: Any, prefix: Sequence[int], window
             streamer.show(stream_safe(text, name, speakers))
         return cut_reply(text, name, speakers)[1] in STOPS
 
-    out = pcw_generate(model, prefix, windows, task, sampling.max_new_tokens, tokenizer.eos_token_id,
-                       next_token=sampling_rule(logits_processors(sampling), do_sample=sampling.sampled), stop=stopped)
+    with finite_scores():
+        out = pcw_generate(model, prefix, windows, task, sampling.max_new_tokens, tokenizer.eos_token_id,
+                           next_token=sampling_rule(logits_processors(sampling), do_sample=sampling.sampled),
+                           stop=stopped)
     result = finish(tokenizer, out.ids + ([tokenizer.eos_token_id] if out.ended_by == "eos" else []), name, speakers)
     if streamer is not None:
         streamer.finish(result.reply)

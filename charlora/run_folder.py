@@ -51,11 +51,14 @@ def plan_run(cfg: TrainConfig, main_process: bool, log) -> Plan:
     lock = guards.lock_adapter(loras_dir, cfg.lora_name) if main_process else None
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
     ensure_writable(loras_dir)
+    if cfg.export_character:  # a file in its place was a traceback after the whole run
+        ensure_writable(models.resolve_dir(cfg.characters_dir, "characters")[0])
     ckpt_dir = dest / checkpoints.CHECKPOINTS
     settings = {**asdict(cfg), checkpoints.DATASET_DIGEST: guards.file_digest(cfg.dataset_name)}
     resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None
     if resume_from is not None:
         checkpoints.check_resumable(ckpt_dir, settings)
+        checkpoints.check_intact(resume_from)
     merge_dest = models_dir / files.safe_name(f"{model_path.name}-{cfg.lora_name}") if cfg.merge else None
     if merge_dest is not None and merge_dest.exists():
         raise CharloraError(f"{merge_dest} already exists; remove it or pick another --lora_name before merging")
@@ -143,8 +146,10 @@ def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict, characte
     exported = []
     if cfg.export_character:
         characters_dir, _ = models.resolve_dir(cfg.characters_dir, "characters")
-        adapter.write_character(characters_dir / f"{files.safe_name(character, 'character')}.yaml", card)
-        exported.append(characters_dir / f"{files.safe_name(character, 'character')}.yaml")
+        path = characters_dir / f"{files.safe_name(character, 'character')}.yaml"
+        # atomic and checked: the user's folder may hold a FIFO or a read-only file of that name
+        files.write_text_atomic(adapter.character_yaml(card), path)
+        exported.append(path)
     if plan.merge_dest is not None:
         adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
         exported.append(plan.merge_dest)

@@ -224,3 +224,36 @@ async def stream_events(model_id: str, rid: str, kind: str, req: Sampling, stops
         yield "data: [DONE]\n\n"
     finally:
         gone.set()  # a client that left mid-stream: generation stops, memory stays untouched
+
+
+def listen(host: str, port: int) -> list:
+    """Sockets bound to every address of `host` at `port`, for uvicorn.
+
+    Bound before the model loads, so a port in use or an unknown host is one
+    error line at once, not uvicorn's own log line (and exit 3) after the
+    load.  As asyncio's create_server binds them: SO_REUSEADDR, IPv6 sockets
+    IPv6-only."""
+    import socket
+
+    from charlora.config import require_finite
+    from charlora.errors import CharloraError
+
+    require_finite("--port", port, 0, 65535)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise CharloraError(f"cannot listen on --host {host!r}: {exc.strerror}") from None
+    sockets = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise CharloraError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets

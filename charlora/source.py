@@ -39,6 +39,10 @@ MIN_TRAIN = 24
 def source_path(dataset: str | Path) -> Path:
     """processed_dataset.json -> processed_dataset.source.json"""
     p = Path(dataset)
+    if not p.name:  # "", ".", "/": no file name to derive from
+        from charlora.files import output_target
+
+        output_target(dataset)  # says why
     return p.with_name((p.name[: -len(".json")] if p.name.endswith(".json") else p.name) + ".source.json")
 
 
@@ -74,6 +78,8 @@ def load_source(dataset: str | Path, samples: Sequence[dict[str, str]]) -> tuple
         return None, f"no {path.name} beside the dataset (made by an older prepare_dataset.py)"
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rec, dict):
+            return None, f"{path.name} is not a JSON object"
         if rec.get("format") != FORMAT:
             return None, f"{path.name} is of another format ({rec.get('format')!r})"
         src = Source(str(rec["name"]), int(rec["rounds"]), bool(rec["split_scenes"]),

@@ -88,8 +88,6 @@ class Setup:
 def inspect_base(cfg: TrainConfig, model_path: Path, log) -> Base:
     """Device, dtype and quantization for the base model, and its tokenizer,
     after the checks that need only its config (vocabulary, weight format)."""
-    from transformers import AutoConfig
-
     from charlora import models
 
     device = models.pick_device()
@@ -99,8 +97,9 @@ def inspect_base(cfg: TrainConfig, model_path: Path, log) -> Base:
     # do when the prompt is fed alone at chat time.
     tokenizer.padding_side = "right"
 
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    model_config = models.read_config(model_path, cfg.trust_remote_code)
     models.check_vocabulary(tokenizer, model_config, model_path)
+    models.check_cutoff(cfg.cutoff_len, model_config, tokenizer)
     models.check_weights(model_path, cfg.allow_pickle)
     n_params = models.count_parameters(model_config)
     quant = models.choose_quantization(cfg.quantization, 2 * n_params, models.available_memory(device))

@@ -213,6 +213,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     """Refuse any flag out of its range, one line naming it, before anything
     is read or loaded.  Pure: testable without a model."""
     from charlora.config import require_finite
+    from charlora.pcw import MAX_WINDOWS
     from charlora.source import check_others_weight
 
     if cfg.cutoff_len < 8:
@@ -253,8 +254,16 @@ def check_train_config(cfg: TrainConfig) -> None:
     require_finite("--cutoff_len", cfg.cutoff_len, 8, 1_000_000)
     require_finite("--epochs", cfg.epochs, 0, 100_000)
     require_finite("--max_steps", cfg.max_steps, -1, 10**9)
+    if cfg.max_steps == 0:  # transformers then stops after one step, while the run's plan says every epoch
+        raise CharloraError("--max_steps must be -1 (every epoch) or a number of steps, got 0")
     require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
     require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
+    # past sys.maxsize the data loader's islice raised mid-run; no batch of a million samples fits in memory
+    require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
+    require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)
+    require_finite("--pcw_windows", cfg.pcw_windows, 0, MAX_WINDOWS)
+    # NEFTune's paper uses 5-15; past float32's range the noise draw raised mid-run (1e300)
+    require_finite("--neftune_noise_alpha", cfg.neftune_noise_alpha, 0, 1000)
 
 
 def resolve_target_modules(spec: str) -> Any:

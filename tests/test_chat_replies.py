@@ -131,7 +131,7 @@ def test_a_tokenizer_from_another_model_is_refused(tmp_path, tiny_tokenizers, ca
     ({"sampling": Sampling(top_p=math.inf)}, "--top_p must be in (0, 1], got inf"),
     ({"sampling": Sampling(repetition_penalty=0.0)}, "--repetition_penalty must be positive, got 0.0"),
     ({"sampling": Sampling(no_repeat_ngram_size=-2)}, "--no_repeat_ngram_size must be 0 or more, got -2"),
-    ({"pcw": -1}, "--pcw must be 0 or more, got -1"),
+    ({"pcw": -1}, "--pcw must be in [0, 1000], got -1"),
     ({"lora_scale": [1.0, math.nan]}, "--lora_scale must be a finite number, got nan"),
     ({"recall_threshold": 1.5}, "--recall_threshold must be in [0, 1], got 1.5"),
     ({"recall_k": -1}, "--recall_k must be 0 or more, got -1"),

@@ -1,0 +1,418 @@
+"""Hostile input at every command line: each bad path, number or file is one
+`error:` line and exit status 2, no traceback, no hang, and no output file
+replaced by a failed run.  Tiny models built from config (conftest.py)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import export_gguf
+from conftest import save_tiny_model
+
+
+def one_error(capsys, rc) -> str:
+    """The run's exit status was 2 and stderr ends with its one line `error: ...`
+    (after the progress bars of a model load, where it got that far)."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (rc, out, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizers) -> Path:
+    """<root>/models/llama and <root>/loras/bob, an untrained LoRA on it (no training: seconds saved)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("hostile_cli")
+    base = save_tiny_model("llama", tiny_tokenizers["llama-like"], root / "models")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).save_pretrained(root / "loras" / "bob")
+    return root
+
+
+def gguf_args(root: Path, *extra: str) -> list[str]:
+    return ["-l", "bob", "-m", "llama", "--models_dir", str(root / "models"), "--loras_dir", str(root / "loras"), *extra]
+
+
+# ------------------------------------------------------------- export_gguf.py
+
+def test_gguf_into_a_fifo_is_refused_and_the_fifo_kept(tiny, tmp_path, capsys):
+    """Renaming the export over a FIFO (or, as root, over -o /dev/null) replaced it with a file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(fifo))))
+    assert line == f"error: cannot write {fifo}: it is not a regular file (a pipe, device or socket); choose an ordinary file name"
+    assert fifo.is_fifo() and list(tmp_path.iterdir()) == [fifo]
+
+
+def test_gguf_under_a_file_is_one_error(tiny, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(tmp_path / "afile" / "bob.gguf"))))
+    assert line == f"error: cannot write {tmp_path / 'afile' / 'bob.gguf'}: Not a directory"
+
+
+# ------------------------------------------------------------- damaged model folders
+
+def damage(root: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the tiny llama's models folder with one file damaged as `how` says."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    folder = models / "llama"
+    weights = folder / "model.safetensors"
+    if how == "config not JSON":
+        (folder / "config.json").write_text('{"model_type": ')
+    elif how == "config a list":
+        (folder / "config.json").write_text("[1, 2]")
+    elif how == "tokenizer not JSON":
+        (folder / "tokenizer.json").write_text("{")
+    elif how == "no tokenizer":
+        for path in folder.glob("tokenizer*"):
+            path.unlink()
+    elif how == "weights cut short":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "weights empty":
+        weights.write_bytes(b"")
+    elif how == "a weight of another shape":
+        from safetensors.torch import load_file, save_file
+        import torch
+
+        tensors = load_file(weights)
+        tensors["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(3, 3)
+        save_file(tensors, weights, metadata={"format": "pt"})
+    elif how == "a weight missing":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        del tensors["model.layers.0.self_attn.q_proj.weight"]
+        save_file(tensors, weights, metadata={"format": "pt"})
+    elif how == "NaN weights":
+        from safetensors.torch import load_file, save_file
+        import torch
+
+        tensors = load_file(weights)
+        tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return models
+
+
+DAMAGE = {
+    "config not JSON": "cannot load the tokenizer in {folder}: It looks like the config file at '{folder}/config.json' "
+                       "is not a valid JSON file.",
+    "config a list": "cannot load the tokenizer in {folder}: transformers.configuration_utils.PreTrainedConfig() "
+                     "argument after ** must be a mapping, not list",
+    "tokenizer not JSON": "cannot load the tokenizer in {folder}: Expecting property name enclosed in double quotes: "
+                          "line 1 column 2 (char 1)",
+    "no tokenizer": "cannot load the tokenizer in {folder}: Couldn't instantiate the backend tokenizer from one of: "
+                    "(1) a `tokenizers` library serialization file,",
+    "weights cut short": "cannot load the model in {folder}: Error while deserializing header: invalid header length",
+    "weights empty": "cannot load the model in {folder}: Error while deserializing header: header too small",
+    "a weight of another shape": "cannot load the model in {folder}: a weight's shape does not match config.json",
+    # was no error at all: the tensor started random and chat.py talked noise
+    "a weight missing": "the weights in {folder} lack 1 of the model's tensors "
+                        "(model.layers.0.self_attn.q_proj.weight); copy all of the model's weight files there",
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_a_damaged_model_folder_is_one_error_line(how, tiny, tmp_path, capsys):
+    import chat
+
+    models = damage(tiny, tmp_path, how)
+    line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi"]))
+    assert line.startswith("error: " + DAMAGE[how].format(folder=models / "llama")), line
+
+
+# ------------------------------------------------------------- serve.py
+
+def test_a_port_in_use_is_one_error_line_before_the_model_loads(tmp_path, capsys):
+    """uvicorn logged `ERROR: [Errno 98] ...` and exited 3, after loading the model
+    and printing that it was serving; here no model exists, so reaching it would fail otherwise."""
+    import socket
+
+    import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob",
+                                             "--port", str(port)]))
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", str(10 ** 20)])
+def test_a_port_out_of_range_is_one_error_line(port, tmp_path, capsys):
+    import serve
+
+    line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", port]))
+    assert line == f"error: --port must be in [0, 65535], got {port}"
+
+
+# ------------------------------------------------------------- prepare_dataset.py
+
+@pytest.mark.parametrize("name", ["", ".", "/"])
+def test_a_dataset_name_without_a_file_name_is_one_error_line(name, tmp_path, capsys, monkeypatch):
+    """The .source.json name derived from it was a ValueError traceback."""
+    import prepare_dataset
+
+    (tmp_path / "d.txt").write_text("Alice:Hi.\nBob:Hello.\n")
+    monkeypatch.chdir(tmp_path)
+    line = one_error(capsys, prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", name]))
+    assert line == f"error: cannot write {name!r}: it is not a file name"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.txt"]
+
+
+# ------------------------------------------------------------- lora_finetune.py
+
+def train_error(capsys, tmp_path, *flags: str) -> str:
+    """lora_finetune.py's one error line for flags refused before any file is read (no model exists)."""
+    import lora_finetune
+
+    return one_error(capsys, lora_finetune.main(["-m", "nowhere", "--models_dir", str(tmp_path), "--loras_dir",
+                                                 str(tmp_path / "loras"), "-d", str(tmp_path / "none.json"), *flags]))
+
+
+def test_max_steps_0_is_refused(tmp_path, capsys):
+    """It trained one optimizer step, said "20 optimizer steps" and saved that adapter as a success."""
+    assert train_error(capsys, tmp_path, "--max_steps", "0") == \
+        "error: --max_steps must be -1 (every epoch) or a number of steps, got 0"
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--grad_accum"])
+def test_a_batch_past_any_memory_is_refused(flag, tmp_path, capsys):
+    """-b 10**20 was a traceback from the data loader once training had started."""
+    assert train_error(capsys, tmp_path, flag, str(10 ** 20)) == f"error: {flag} must be in [1, 1e+06], got {10 ** 20}"
+
+
+def test_window_counts_past_any_context_are_refused(tmp_path, capsys):
+    """--pcw_windows / --pcw 10**20 hung in the window split's loop (one pass per window)."""
+    import chat
+
+    assert train_error(capsys, tmp_path, "--pcw_windows", str(10 ** 20)) == \
+        f"error: --pcw_windows must be in [0, 1000], got {10 ** 20}"
+    line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
+                                        "--pcw", str(10 ** 20)]))
+    assert line == f"error: --pcw must be in [0, 1000], got {10 ** 20}"
+
+
+# ------------------------------------------------------------- chat.py
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_a_seed_out_of_numpys_range_is_one_error_line(seed, tmp_path, capsys):
+    """It was a ValueError traceback from the seeding, after the model had loaded."""
+    import chat
+
+    line = one_error(capsys, chat.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--say", "hi",
+                                        "--seed", seed]))
+    assert line == f"error: --seed must be in [0, 4.29497e+09], got {seed}"
+
+
+# ------------------------------------------------------------- --cutoff_len and the model's positions
+
+def test_a_cutoff_past_the_models_positions_is_refused(models_dir, tiny_dataset, tmp_path, capsys):
+    """GPT-2 learns a table of 512 positions here: -c 600 was an IndexError
+    traceback mid-training (after the data report) and mid-evaluation once a
+    sample was longer than 512 tokens, and went unnoticed while none was."""
+    import evaluate
+    import lora_finetune
+
+    want = "error: --cutoff_len 600 is longer than this model reads (512 tokens); use -c 512 or less"
+    assert one_error(capsys, lora_finetune.main(
+        ["-m", "gpt2", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(tiny_dataset),
+         "-c", "600"])) == want
+    assert list((tmp_path / "loras").rglob("*")) == []  # the run's folder plan made loras/ itself, nothing in it
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
+    assert one_error(capsys, evaluate.main(["-m", "gpt2", "--models_dir", str(models_dir), "-n", "Bob",
+                                            "-t", str(dialogue), "-c", "600"])) == want
+
+
+def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys):
+    """torch.multinomial's RuntimeError on NaN probabilities was a traceback."""
+    import chat
+
+    models = damage(tiny, tmp_path, "NaN weights")
+    line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi",
+                                        "--temperature", "0.7"]))
+    assert line == ("error: the model's next-token probabilities are not numbers (NaN or infinity): its weights are "
+                    "damaged, or --lora_scale is too large")
+
+
+def test_export_character_into_a_file_or_onto_a_fifo(models_dir, tiny_dataset, tmp_path, capsys):
+    """--characters_dir naming a file was a FileExistsError traceback after the
+    whole run; a FIFO where Bob.yaml goes made the run hang at its end (open for writing)."""
+    import lora_finetune
+
+    def run(characters: Path, name: str) -> int:
+        return lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
+                                   "-d", str(tiny_dataset), "-l", name, "--max_steps", "1", "--sample_replies", "0",
+                                   "--dtype", "fp32", "--export_character", "--characters_dir", str(characters)])
+
+    (tmp_path / "afile").write_text("x")
+    assert one_error(capsys, run(tmp_path / "afile", "a")) == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+    assert not (tmp_path / "loras" / "a").exists()  # refused before training
+    (tmp_path / "chars").mkdir()
+    os.mkfifo(tmp_path / "chars" / "Bob.yaml")
+    rc = run(tmp_path / "chars", "b")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / 'chars' / 'Bob.yaml'}: it is not a regular "
+                                            "file (a pipe, device or socket); choose an ordinary file name")
+    assert (tmp_path / "chars" / "Bob.yaml").is_fifo() and (tmp_path / "loras" / "b" / "Bob.yaml").is_file()
+
+
+@pytest.mark.parametrize("text", ["[]", '"x"', "null"])
+def test_a_source_file_that_is_not_an_object_is_not_used(text, tmp_path):
+    """<dataset>.source.json holding a list, a string or null was an
+    AttributeError traceback in training; it is skipped as an unreadable one is."""
+    from charlora.source import load_source
+
+    (tmp_path / "d.source.json").write_text(text)
+    assert load_source(tmp_path / "d.json", [{"output": "hi", "input": "Bob:"}]) == \
+        (None, "d.source.json is not a JSON object")
+
+
+def test_an_empty_output_path_is_refused_not_ignored(tiny, tmp_path, capsys, monkeypatch):
+    """evaluate.py --json '' wrote no JSON and export_gguf.py -o '' wrote to the
+    default path, both with exit 0 (an unset shell variable, "--json $OUT")."""
+    import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.txt").write_text("Alice:Hi.\nBob:Hello.\n")
+    want = "error: cannot write '': it is not a file name"
+    assert one_error(capsys, evaluate.main(["-m", "nowhere", "-n", "Bob", "-t", "d.txt", "--json", ""])) == want
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", ""))) == want
+    assert not (tiny / "loras" / "bob" / "bob.gguf").exists()
+
+
+# ------------------------------------------------------------- damaged adapters
+
+BAD_ADAPTER = {
+    "a list": ("[1]", 'is not a LoRA adapter\'s config (it needs "peft_type": "LORA")'),
+    "an empty object": ("{}", 'is not a LoRA adapter\'s config (it needs "peft_type": "LORA")'),
+    "a text rank": ('{"peft_type": "LORA", "r": "8", "lora_alpha": 16}',
+                    'needs a whole "r" of 1 or more and a number "lora_alpha", got \'8\' and 16'),
+    "no alpha": ('{"peft_type": "LORA", "r": 8}', 'needs a whole "r" of 1 or more and a number "lora_alpha", got 8 and None'),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_ADAPTER))
+def test_a_damaged_adapter_config_is_one_error_line_in_chat_and_export(how, tiny, tmp_path, capsys):
+    """Each was a KeyError / TypeError / AttributeError traceback from PEFT or the GGUF export."""
+    import shutil
+
+    import chat
+
+    text, problem = BAD_ADAPTER[how]
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras" / "bob", loras / "bob")
+    (loras / "bob" / "adapter_config.json").write_text(text)
+    want = f"error: {loras / 'bob' / 'adapter_config.json'} {problem}"
+    assert one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras),
+                                        "-l", "bob", "-n", "Bob", "--say", "hi"])) == want
+    assert one_error(capsys, export_gguf.main(["-l", "bob", "-m", "llama", "--models_dir", str(tiny / "models"),
+                                               "--loras_dir", str(loras)])) == want
+
+
+def test_an_adapter_without_weights_or_with_cut_weights_is_one_error_line(tiny, tmp_path, capsys):
+    """No weights: chat said "Repo id must be a string"; cut weights: the export's traceback."""
+    import shutil
+
+    import chat
+
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras" / "bob", loras / "bob")
+    weights = loras / "bob" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "--loras_dir", str(loras)))) == \
+        f"error: {weights} is not a readable safetensors file: Error while deserializing header: invalid header length"
+    weights.unlink()
+    assert one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras),
+                                        "-l", "bob", "-n", "Bob", "--say", "hi"])) == \
+        f"error: {loras / 'bob'} has no adapter_model.safetensors (the adapter's weights)"
+
+
+# ------------------------------------------------------------- --resume from a damaged checkpoint
+
+@pytest.mark.parametrize("damaged", ["trainer_state.json", "optimizer.pt", "rng_state.pth", "adapter_model.safetensors"])
+def test_resume_from_a_damaged_checkpoint_is_one_error_line(damaged, models_dir, tiny_dataset, tmp_path, monkeypatch,
+                                                          capsys):
+    """A checkpoint file damaged after it completed was a traceback from inside
+    Trainer (JSONDecodeError, KeyError from unpickling junk, SafetensorError)."""
+    import errno
+
+    import lora_finetune
+    import peft.peft_model
+
+    real_save = peft.peft_model.safe_save_file
+
+    def full_at_final_write(tensors, filename, *args, **kwargs):  # the run ends with its checkpoint, no adapter
+        if ".r.partial" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full_at_final_write)
+    args = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path), "-d", str(tiny_dataset),
+            "-l", "r", "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32", "--eval_split", "0"]
+    assert lora_finetune.main(args) == 2
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real_save)
+    checkpoint = tmp_path / "r" / "checkpoints" / "checkpoint-2"
+    (checkpoint / damaged).write_bytes(b"junk\n")
+    capsys.readouterr()
+    rc = lora_finetune.main([*args, "--resume"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"error: checkpoint {checkpoint} is damaged ({damaged}: "), err
+    assert err.strip().endswith("delete that folder to resume from the one before it, or --overwrite to start over")
+
+
+def test_a_memory_folder_that_is_a_file_stops_serve_at_start(tmp_path, capsys):
+    """serve.py said it was serving and answered every request with a 500."""
+    import serve
+
+    (tmp_path / "afile").write_text("x")
+    line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", "0",
+                                         "--memory", "--memory_dir", str(tmp_path / "afile")]))
+    assert line == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+
+
+def test_chat_load_of_a_fifo_is_refused_not_waited_on(tmp_path):
+    """/load FILE read the FIFO forever (and /load /dev/zero until memory ran out)."""
+    from charlora.chat import load_history
+    from charlora.errors import CharloraError
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(CharloraError, match=r"pipe is not a regular file \(a device, pipe or socket\)"):
+        load_history(fifo)
+    with pytest.raises(CharloraError, match=f"^{tmp_path} is a folder$"):
+        load_history(tmp_path)
+
+
+def test_neftune_noise_past_floats_range_is_refused(tmp_path, capsys):
+    """--neftune_noise_alpha 1e300 was a RuntimeError traceback from the noise draw at the first step."""
+    assert train_error(capsys, tmp_path, "--neftune_noise_alpha", "1e300") == \
+        "error: --neftune_noise_alpha must be in [0, 1000], got 1e+300"
+
+
+def test_nan_in_the_base_weights_is_not_blamed_on_the_learning_rate(tiny, tiny_dataset, tmp_path, capsys):
+    """Training said "lower --learning_rate" for a base model whose files hold NaN."""
+    import lora_finetune
+
+    models = damage(tiny, tmp_path, "NaN weights")
+    rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models), "--loras_dir", str(tmp_path / "loras"),
+                             "-d", str(tiny_dataset), "--max_steps", "2", "--sample_replies", "0", "--dtype", "fp32",
+                             "--eval_split", "0"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().endswith(errors[0])
+    assert errors[0] == ("error: the base model's weight base_model.model.model.norm.weight is not finite (NaN or "
+                    "infinity): its weight files are damaged, and no --learning_rate can train on it")
