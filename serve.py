@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from charlora.run_folder import ensure_writable
-    from charlora.server import listen
+    from charlora.server import bound_port, listen
 
     config = server_config(args)  # a bad flag is named before the port is taken
     if config.memory is not None:  # else the server starts and every request fails with a 500
@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
     app, config = build(args)
     import uvicorn
 
-    print(f"serving {config.description} as model {config.model_id!r} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    print(f"serving {config.description} as model {config.model_id!r} on http://{args.host}:{bound_port(sockets)}/v1", file=sys.stderr)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
     return 0
 

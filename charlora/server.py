@@ -251,9 +251,16 @@ def listen(host: str, port: int) -> list:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # --port 0: every address on the port the OS gave the first
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
     except OSError as exc:
         for sock in sockets:
             sock.close()
         raise CharloraError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sockets
+
+
+def bound_port(sockets: list) -> int:
+    """The port the sockets listen on: --port, or with --port 0 the one the OS chose."""
+    return sockets[0].getsockname()[1]

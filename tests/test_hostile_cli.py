@@ -156,6 +156,24 @@ def test_a_port_out_of_range_is_one_error_line(port, tmp_path, capsys):
     assert line == f"error: --port must be in [0, 65535], got {port}"
 
 
+def test_port_0_listens_on_one_chosen_port_on_every_address():
+    """--port 0: the OS picks a port for the first address and every other
+    address takes the same one, which is the port serve.py prints (it
+    printed 0, and each address got a port of its own)."""
+    import socket
+
+    from charlora.server import bound_port, listen
+
+    sockets = listen("", 0)  # every interface: 0.0.0.0 and :: where IPv6 is on
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(sockets) == 1 + socket.has_ipv6
+        assert len(ports) == 1 and bound_port(sockets) in ports and bound_port(sockets) > 0
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 # ------------------------------------------------------------- prepare_dataset.py
 
 @pytest.mark.parametrize("name", ["", ".", "/"])
