@@ -51,6 +51,8 @@ class Base:
     device: str
     dtype: Any
     quant: str
+    positions: int | None = None
+    """The most positions the model reads (None: no known limit)."""
 
 
 @dataclass
@@ -106,11 +108,13 @@ def inspect_base(cfg: TrainConfig, model_path: Path, log) -> Base:
     if quant != "none" and device == "cpu" and cfg.quantization == "auto":
         log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
     log(f"model {model_path} ({n_params / 1e6:.0f}M parameters) on {device}, {str(dtype).removeprefix('torch.')}, quantization {quant}")
-    return Base(tokenizer, device, dtype, quant)
+    return Base(tokenizer, device, dtype, quant, models.config_positions(model_config, tokenizer))
 
 
-def prepare_data(cfg: TrainConfig, samples: list[dict[str, str]], tokenizer: Any, log) -> Data:
-    """Hold out the tail, add other speakers' lines, report the data and tokenize it."""
+def prepare_data(cfg: TrainConfig, samples: list[dict[str, str]], tokenizer: Any, log,
+                 positions: int | None = None) -> Data:
+    """Hold out the tail, add other speakers' lines, report the data and tokenize it.  `positions`:
+    the most the model reads, which --banded's bands are checked against."""
     from charlora.source import data_report, load_source
     from charlora.tokens import token_lengths
 
@@ -140,6 +144,12 @@ def prepare_data(cfg: TrainConfig, samples: list[dict[str, str]], tokenizer: Any
                                              cfg.neftune_noise_alpha)
         log(f"banded: {len(train_samples)} replies in {len(data)} bands of up to "
             f"{max(len(row) for row in data['input_ids'])} tokens")
+        # Positions run on through a band (charlora.banded), so they can pass
+        # a learned position table (GPT-2, OPT) that every sample fits in.
+        reach = max(max(row) for row in data["position_ids"]) + 1
+        if positions is not None and reach > positions:
+            raise CharloraError(f"--banded: a band reaches position {reach}, past the {positions} this model reads; "
+                                "train without --banded, or with a smaller --cutoff_len")
     else:
         data = tokenize_dataset(train_samples, tokenizer, cfg.cutoff_len, cfg.pcw_windows, cfg.pcw_recent, weights)
     # Replies shown at the end: to held-out prompts when there are some.
@@ -409,7 +419,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     set_seed(cfg.seed)
     base = inspect_base(cfg, plan.model_path, log)
-    data = prepare_data(cfg, samples, base.tokenizer, log)
+    data = prepare_data(cfg, samples, base.tokenizer, log, base.positions)
     model = load_lora_model(cfg, plan.model_path, base, plan.target_modules, data, log)
     setup = build_trainer(cfg, plan, base, model, data, main_process, log)
     run, seconds = run_trainer(setup, plan, main_process)

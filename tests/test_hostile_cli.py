@@ -253,6 +253,28 @@ def test_a_cutoff_past_the_models_positions_is_refused(models_dir, tiny_dataset,
                                             "-t", str(dialogue), "-c", "600"])) == want
 
 
+def test_banded_positions_past_the_models_table_are_refused(models_dir, tmp_path, capsys):
+    """Positions run on through a band, so with long lines a band passed
+    GPT-2's 512 learned positions although every sample fit: an IndexError
+    traceback in the first step.  Now one line before training."""
+    import json
+
+    import lora_finetune
+
+    from charlora.dialogue import parse_dialogue
+    from charlora.samples import build_samples
+
+    words = " ".join(f"word{i}" for i in range(60))
+    text = "".join(f"Alice:{words} again {k}\nBob:{words} reply {k}\n" for k in range(40))
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(build_samples(parse_dialogue(text), "Bob", rounds=5)))
+    line = one_error(capsys, lora_finetune.main(
+        ["-m", "gpt2", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"), "-d", str(data),
+         "-c", "512", "--banded", "--sample_replies", "0", "--dtype", "fp32", "--max_steps", "1"]))
+    assert line.startswith("error: --banded: a band reaches position ") and line.endswith(
+        "past the 512 this model reads; train without --banded, or with a smaller --cutoff_len")
+
+
 def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys):
     """torch.multinomial's RuntimeError on NaN probabilities was a traceback."""
     import chat
