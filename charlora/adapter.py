@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -243,9 +244,14 @@ def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> No
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tmp = out.with_name(f".{out.name}.partial")
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
-    tmp.rename(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # an earlier merge's leftover would mix its files into this one
+    try:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
+        tmp.rename(out)
+    except BaseException:  # disk full, Ctrl-C: a model-sized half folder is not left in models/
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ------------------------------------------------------------- loading

@@ -123,3 +123,35 @@ def test_merge_refuses_to_overwrite(trained, models_dir, tiny_dataset, capsys):
                              "-d", str(tiny_dataset), "-l", "bob", "--overwrite", "--merge"])
     assert rc == 2
     assert "llama-bob already exists" in capsys.readouterr().err
+
+
+def test_a_merge_that_fails_leaves_no_partial_folder(models_dir, tmp_path, monkeypatch):
+    """--merge writes models/.<name>.partial and renames it; a failure on
+    the way (here the tokenizer, after the model's weights are written) left
+    that model-sized folder behind, and the next merge wrote into it."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from charlora.adapter import merge_into_model
+
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "llama")
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "ad")
+    out = tmp_path / "models" / "llama-ad"
+    out.parent.mkdir()
+    (out.parent / ".llama-ad.partial").mkdir()
+    (out.parent / ".llama-ad.partial" / "stale.safetensors").write_text("from an earlier merge")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        merge_into_model(models_dir / "llama", tmp_path / "ad", out, torch.float32)
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.undo()
+    (out.parent / ".llama-ad.partial").mkdir()
+    (out.parent / ".llama-ad.partial" / "stale.safetensors").write_text("from an earlier merge")
+    merge_into_model(models_dir / "llama", tmp_path / "ad", out, torch.float32)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["llama-ad"]
+    assert not (out / "stale.safetensors").exists() and (out / "config.json").is_file()
