@@ -57,6 +57,22 @@ def check_base(base_config: Mapping[str, Any]) -> str:
     return LLAMA_ARCHITECTURES[architecture]
 
 
+def module_shape(module: str, base_config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(out, in) features of a LLaMA linear layer named `module`, from the
+    base's config.json; None for another layer or a config without the sizes."""
+    try:
+        hidden, n_head = int(base_config["hidden_size"]), int(base_config["num_attention_heads"])
+        n_kv = int(base_config.get("num_key_value_heads") or n_head)
+        head_dim = int(base_config.get("head_dim") or hidden // n_head)
+        inter = int(base_config["intermediate_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    shapes = {"q_proj": (n_head * head_dim, hidden), "k_proj": (n_kv * head_dim, hidden),
+              "v_proj": (n_kv * head_dim, hidden), "o_proj": (hidden, n_head * head_dim),
+              "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    return shapes.get(module.rsplit(".", 1)[-1])
+
+
 def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) -> dict[str, Any]:
     """PEFT adapter weights -> {llama.cpp tensor name: float32 numpy array}.
 
@@ -81,6 +97,15 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None:
             raise CharloraError(f"llama.cpp has no tensor for the adapted layer {module}")
+        # An adapter trained on another size of model exported without a
+        # word and failed only when llama.cpp loaded it.
+        shape = module_shape(module, base_config)
+        if shape is not None and tensor.ndim == 2:
+            want, got = (shape[1], tensor.shape[1]) if ab == "A" else (shape[0], tensor.shape[0])
+            if want != got:
+                raise CharloraError(f"the adapter does not fit this base model: its {module} is for {got} "
+                                    f"{'inputs' if ab == 'A' else 'outputs'}, the base's has {want} (was it trained "
+                                    "on another model?)")
         array = tensor.detach().float().cpu().numpy()
         if ab == "B" and module.endswith(("q_proj", "k_proj")):
             array = permute_rows(array, n_head if module.endswith("q_proj") else n_kv)

@@ -109,6 +109,26 @@ def test_non_lora_weights_and_other_families_are_refused():
         gguf_lora_tensors({}, {"architectures": ["GPT2LMHeadModel"]})
 
 
+def test_an_adapter_for_another_model_size_is_refused():
+    import torch
+
+    from charlora.gguf import module_shape
+
+    llama = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "num_key_value_heads": 2,
+             "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64}
+    assert module_shape("model.layers.0.self_attn.q_proj", llama) == (32, 32)
+    assert module_shape("model.layers.0.self_attn.k_proj", llama) == (16, 32)
+    assert module_shape("model.layers.1.mlp.down_proj", llama) == (32, 64)
+    assert module_shape("model.layers.1.mlp.gate_proj", {"num_attention_heads": 4}) is None
+    key = "base_model.model.model.layers.0.self_attn.k_proj.lora_{}.weight"
+    fits = {key.format("A"): torch.zeros(2, 32), key.format("B"): torch.zeros(16, 2)}
+    assert set(gguf_lora_tensors(fits, llama)) == {"blk.0.attn_k.weight.lora_a", "blk.0.attn_k.weight.lora_b"}
+    with pytest.raises(CharloraError, match="its model.layers.0.self_attn.k_proj is for 48 inputs, the base's has 32"):
+        gguf_lora_tensors({**fits, key.format("A"): torch.zeros(2, 48)}, llama)
+    with pytest.raises(CharloraError, match="k_proj is for 32 outputs, the base's has 16"):
+        gguf_lora_tensors({**fits, key.format("B"): torch.zeros(32, 2)}, llama)
+
+
 def test_the_recorded_base_resolves_elsewhere(tmp_path):
     from charlora.adapter import adapter_base_name, base_model_id, record_base
 
