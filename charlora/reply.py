@@ -264,7 +264,7 @@ def logits_processors(sampling: Sampling):
     from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                               TemperatureLogitsWarper, TopPLogitsWarper)
 
-    processors = LogitsProcessorList()
+    processors = LogitsProcessorList([refuse_nan])
     if sampling.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
     if sampling.no_repeat_ngram_size > 0:
@@ -327,6 +327,10 @@ class ReplyStreamer:
         self.out.flush()
 
 
+NOT_NUMBERS = ("the model's next-token probabilities are not numbers (NaN or infinity): its weights are damaged, "
+               "or --lora_scale is too large")
+
+
 @contextmanager
 def finite_scores():
     """torch.multinomial's error on NaN / infinite probabilities (sampling),
@@ -336,8 +340,18 @@ def finite_scores():
     except RuntimeError as exc:
         if "probability tensor contains" not in str(exc):
             raise
-        raise CharloraError("the model's next-token probabilities are not numbers (NaN or infinity): its weights "
-                            "are damaged, or --lora_scale is too large") from None
+        raise CharloraError(NOT_NUMBERS) from None
+
+
+def refuse_nan(input_ids, scores):
+    """A logits processor, first in line: NaN scores are the same error in
+    greedy decoding, where argmax picks token 0 from them without a word and
+    the reply is garbage (sampling fails in torch.multinomial instead)."""
+    import torch
+
+    if torch.isnan(scores).any():
+        raise CharloraError(NOT_NUMBERS)
+    return scores
 
 
 def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], name: str, speakers: Iterable[str],
@@ -378,8 +392,8 @@ def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], name: s
             prompt_len = enc["input_ids"].shape[1]
             stops = StoppingCriteriaList([ReplyStop(tokenizer, prompt_len, name, speakers)]) if stop else None
             streamer = ReplyStreamer(tokenizer, name, speakers, stream) if stream is not None else None
-            block = ([make_reply_ngram_block(sampling.reply_ngram_block, prompt_len)]
-                     if sampling.reply_ngram_block > 0 else None)
+            block = [refuse_nan] + ([make_reply_ngram_block(sampling.reply_ngram_block, prompt_len)]
+                                    if sampling.reply_ngram_block > 0 else [])
             with torch.inference_mode(), finite_scores():
                 ids = model.generate(**enc, generation_config=config, streamer=streamer, stopping_criteria=stops,
                                      logits_processor=block)

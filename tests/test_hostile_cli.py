@@ -275,13 +275,15 @@ def test_banded_positions_past_the_models_table_are_refused(models_dir, tmp_path
         "past the 512 this model reads; train without --banded, or with a smaller --cutoff_len")
 
 
-def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys):
-    """torch.multinomial's RuntimeError on NaN probabilities was a traceback."""
+@pytest.mark.parametrize("decoding", [["--temperature", "0.7"], ["--greedy"], ["--greedy", "--pcw", "2"]])
+def test_sampling_from_nan_scores_is_one_error_line(tiny, tmp_path, capsys, decoding):
+    """torch.multinomial's RuntimeError on NaN probabilities was a traceback;
+    greedy decoding took token 0 from them and printed garbage, exit 0."""
     import chat
 
     models = damage(tiny, tmp_path, "NaN weights")
     line = one_error(capsys, chat.main(["-m", "llama", "--models_dir", str(models), "-n", "Bob", "--say", "hi",
-                                        "--temperature", "0.7"]))
+                                        *decoding]))
     assert line == ("error: the model's next-token probabilities are not numbers (NaN or infinity): its weights are "
                     "damaged, or --lora_scale is too large")
 
