@@ -39,7 +39,8 @@ def output_target(path: str | Path) -> Path:
     link stays), after checking that it can be replaced.  Raises
     CharloraError naming the reason; call it for every output before writing
     any, so a refused one never leaves the others half-updated."""
-    if str(path) == "" or Path(path).name in ("", ".", ".."):  # before Path() turns "" into "."
+    # before Path(), which turns "" into "." and drops the "/" of "out/" (that wrote a file named out)
+    if str(path) == "" or str(path).endswith(("/", os.sep)) or Path(path).name in ("", ".", ".."):
         raise CharloraError(f"cannot write {str(path)!r}: it is not a file name")
     path = Path(path)
     real = Path(os.path.realpath(path))

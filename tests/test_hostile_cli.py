@@ -176,9 +176,10 @@ def test_port_0_listens_on_one_chosen_port_on_every_address():
 
 # ------------------------------------------------------------- prepare_dataset.py
 
-@pytest.mark.parametrize("name", ["", ".", "/"])
+@pytest.mark.parametrize("name", ["", ".", "/", "out/"])
 def test_a_dataset_name_without_a_file_name_is_one_error_line(name, tmp_path, capsys, monkeypatch):
-    """The .source.json name derived from it was a ValueError traceback."""
+    """The .source.json name derived from it was a ValueError traceback;
+    "out/" (meant as a folder) wrote a file named out."""
     import prepare_dataset
 
     (tmp_path / "d.txt").write_text("Alice:Hi.\nBob:Hello.\n")
