@@ -300,7 +300,7 @@ def test_export_character_into_a_file_or_onto_a_fifo(models_dir, tiny_dataset, t
                                    "--dtype", "fp32", "--export_character", "--characters_dir", str(characters)])
 
     (tmp_path / "afile").write_text("x")
-    assert one_error(capsys, run(tmp_path / "afile", "a")) == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+    assert one_error(capsys, run(tmp_path / "afile", "a")) == f"error: cannot write to {tmp_path / 'afile'}: it is a file, not a folder"
     assert not (tmp_path / "loras" / "a").exists()  # refused before training
     (tmp_path / "chars").mkdir()
     os.mkfifo(tmp_path / "chars" / "Bob.yaml")
@@ -424,7 +424,18 @@ def test_a_memory_folder_that_is_a_file_stops_serve_at_start(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     line = one_error(capsys, serve.main(["-m", "nowhere", "--models_dir", str(tmp_path), "-n", "Bob", "--port", "0",
                                          "--memory", "--memory_dir", str(tmp_path / "afile")]))
-    assert line == f"error: cannot write to {tmp_path / 'afile'}: File exists"
+    assert line == f"error: cannot write to {tmp_path / 'afile'}: it is a file, not a folder"
+
+
+def test_a_memory_folder_that_is_a_file_says_so(tmp_path):
+    from charlora.errors import CharloraError
+    from charlora.memory.store import MemoryStore
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CharloraError) as err:
+        MemoryStore(tmp_path / "afile" / "Bob--Alice.sqlite", "Bob", "Alice")
+    assert str(err.value) == f"the memory folder {tmp_path / 'afile'} is a file, not a folder; give --memory_dir a folder"
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_chat_load_of_a_fifo_is_refused_not_waited_on(tmp_path):

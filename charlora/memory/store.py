@@ -142,6 +142,9 @@ class MemoryStore:
             raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # mkdir's own "File exists" does not say which part is wrong
+            raise CharloraError(f"the memory folder {self.path.parent} is a file, not a folder; give --memory_dir "
+                                "a folder") from None
         except OSError as exc:
             raise CharloraError(f"cannot create memory folder {self.path.parent}: {exc.strerror}") from None
         self._cache: dict[tuple[str, str], VectorCache] = {}
