@@ -157,7 +157,7 @@ def read_bytes_bounded(path: Path, limit: int) -> bytes:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(path)
     if not stat.S_ISREG(st.st_mode):
-        raise CharloraError(f"{path} is not a regular file (a device, pipe or socket); save the dialogue to a file")
+        raise CharloraError(f"{path} is not a regular file (a device, pipe or socket); save what it holds to an ordinary file first")
     with open(path, "rb") as f:
         data = f.read(limit + 1)  # +1: a file that grew past the limit while read is still caught
     if len(data) > limit:

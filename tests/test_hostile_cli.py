@@ -470,3 +470,16 @@ def test_nan_in_the_base_weights_is_not_blamed_on_the_learning_rate(tiny, tiny_d
     assert rc == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().endswith(errors[0])
     assert errors[0] == ("error: the base model's weight base_model.model.model.norm.weight is not finite (NaN or "
                     "infinity): its weight files are damaged, and no --learning_rate can train on it")
+
+
+def test_a_dataset_that_is_a_pipe_is_one_line_that_fits_a_dataset(tmp_path, capsys):
+    """The refusal said "save the dialogue to a file" for a processed dataset too."""
+    import os
+
+    import lora_finetune
+
+    pipe = tmp_path / "data.json"
+    os.mkfifo(pipe)
+    line = one_error(capsys, lora_finetune.main(["-m", "llama", "--models_dir", str(tmp_path), "-d", str(pipe)]))
+    assert line == (f"error: {pipe} is not a regular file (a device, pipe or socket); save what it holds to an "
+                    "ordinary file first")
