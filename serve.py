@@ -63,7 +63,7 @@ def serve(args: argparse.Namespace) -> int:
     if config.memory is not None:  # else the server starts and every request fails with a 500
         ensure_writable(config.memory.memory_dir)
     sockets = listen(args.host, args.port)
-    app, config = build(args)
+    app = build(config)
     import uvicorn
 
     print(f"serving {config.description} as model {config.model_id!r} on http://{args.host}:{bound_port(sockets)}/v1", file=sys.stderr)
@@ -89,17 +89,17 @@ def server_config(args: argparse.Namespace):
     return replace(config, memory=memory_settings(config.defaults))
 
 
-def build(args: argparse.Namespace):
+def build(config):
+    """The app for a checked ServerConfig (server_config); loading fills in its description."""
     from charlora import server
     from charlora.adapter import load_with_adapters
     from charlora.errors import quiet_libraries
 
-    config = server_config(args)
     quiet_libraries(progress_bars=False)
     cfg = config.defaults
     model, tokenizer, config.description = load_with_adapters(cfg, cfg.lora_name or [], cfg.lora_scale,
                                                               lambda message: print(message, file=sys.stderr))
-    return server.make_app(server.Engine(model, tokenizer, config)), config
+    return server.make_app(server.Engine(model, tokenizer, config))
 
 
 if __name__ == "__main__":

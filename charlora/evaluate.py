@@ -226,7 +226,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     from charlora.adapter import attach_adapters, find_adapter, load_with_adapters
     from charlora.dialogue import read_dialogue_file
     from charlora.errors import CharloraError
-    from charlora.models import check_cutoff, resolve_dir
+    from charlora.models import check_cutoff, max_positions, resolve_dir
     from charlora.samples import build_samples, missing_speaker_message, speaker_counts
 
     lines, _ = read_dialogue_file(cfg.txtfilename)
@@ -240,7 +240,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     names = adapter_names(cfg)
     paths = [find_adapter(resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
     model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
-    check_cutoff(cfg.cutoff_len, model.config, tokenizer)
+    check_cutoff(cfg.cutoff_len, max_positions(model, tokenizer))
 
     def measure(m):
         char = line_losses(m, tokenizer, samples, cfg.cutoff_len)

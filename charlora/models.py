@@ -292,10 +292,9 @@ def max_positions(model: Any, tokenizer: Any) -> int | None:
     return config_positions(model.config, tokenizer)
 
 
-def check_cutoff(cutoff_len: int, config: Any, tokenizer: Any) -> None:
-    """Refuse a --cutoff_len longer than the model reads: past a learned
-    position table (GPT-2, OPT) the forward raised IndexError mid-run."""
-    limit = config_positions(config, tokenizer)
+def check_cutoff(cutoff_len: int, limit: int | None) -> None:
+    """Refuse a --cutoff_len longer than the model reads (`limit`: config_positions):
+    past a learned position table (GPT-2, OPT) the forward raised IndexError mid-run."""
     if limit is not None and cutoff_len > limit:
         raise CharloraError(f"--cutoff_len {cutoff_len} is longer than this model reads ({limit} tokens); "
                             f"use -c {limit} or less")

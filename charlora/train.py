@@ -101,14 +101,15 @@ def inspect_base(cfg: TrainConfig, model_path: Path, log) -> Base:
 
     model_config = models.read_config(model_path, cfg.trust_remote_code)
     models.check_vocabulary(tokenizer, model_config, model_path)
-    models.check_cutoff(cfg.cutoff_len, model_config, tokenizer)
+    positions = models.config_positions(model_config, tokenizer)
+    models.check_cutoff(cfg.cutoff_len, positions)
     models.check_weights(model_path, cfg.allow_pickle)
     n_params = models.count_parameters(model_config)
     quant = models.choose_quantization(cfg.quantization, 2 * n_params, models.available_memory(device))
     if quant != "none" and device == "cpu" and cfg.quantization == "auto":
         log("note: the model does not fit in memory in 16-bit; loading it in 8-bit (slower)")
     log(f"model {model_path} ({n_params / 1e6:.0f}M parameters) on {device}, {str(dtype).removeprefix('torch.')}, quantization {quant}")
-    return Base(tokenizer, device, dtype, quant, models.config_positions(model_config, tokenizer))
+    return Base(tokenizer, device, dtype, quant, positions)
 
 
 def prepare_data(cfg: TrainConfig, samples: list[dict[str, str]], tokenizer: Any, log,
