@@ -226,7 +226,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     from charlora.adapter import attach_adapters, find_adapter, load_with_adapters
     from charlora.dialogue import read_dialogue_file
     from charlora.errors import CharloraError
-    from charlora.models import check_cutoff, max_positions, resolve_dir
+    from charlora import models
     from charlora.samples import build_samples, missing_speaker_message, speaker_counts
 
     lines, _ = read_dialogue_file(cfg.txtfilename)
@@ -235,12 +235,16 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     if not samples:
         raise CharloraError(missing_speaker_message(cfg.name, counts, cfg.txtfilename))
     others = other_speaker_samples(lines, cfg.name, cfg.rounds)[: cfg.others]
+    # From the config alone, before --seeds trains anything: checked after the
+    # model loaded, a bad -c cost every missing seed's training first.
+    model_path = models.find_model(models.resolve_dir(cfg.models_dir, "models")[0], cfg.model_name)
+    models.check_cutoff(cfg.cutoff_len, models.config_positions(
+        models.read_config(model_path, cfg.trust_remote_code), models.load_tokenizer(model_path, cfg.trust_remote_code)))
     if cfg.train_dataset:
         train_missing(cfg, log)
     names = adapter_names(cfg)
-    paths = [find_adapter(resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
+    paths = [find_adapter(models.resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
     model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
-    check_cutoff(cfg.cutoff_len, max_positions(model, tokenizer))
 
     def measure(m):
         char = line_losses(m, tokenizer, samples, cfg.cutoff_len)

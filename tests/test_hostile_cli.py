@@ -254,6 +254,21 @@ def test_a_cutoff_past_the_models_positions_is_refused(models_dir, tiny_dataset,
                                             "-t", str(dialogue), "-c", "600"])) == want
 
 
+def test_evaluate_refuses_a_long_cutoff_before_training_missing_seeds(models_dir, tiny_dataset, tmp_path, capsys):
+    """With --seeds and -d, evaluate.py trains each missing seed first: the
+    cutoff was checked only after that training, when the model loaded for
+    scoring, so a bad -c cost every seed's training before its error line."""
+    import evaluate
+
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
+    line = one_error(capsys, evaluate.main(["-m", "gpt2", "--models_dir", str(models_dir), "-n", "Bob",
+                                            "--loras_dir", str(tmp_path / "loras"), "-l", "bob", "--seeds", "2",
+                                            "-d", str(tiny_dataset), "-t", str(dialogue), "-c", "600"]))
+    assert line == "error: --cutoff_len 600 is longer than this model reads (512 tokens); use -c 512 or less"
+    assert not (tmp_path / "loras" / "bob-seed1").exists()
+
+
 def test_banded_positions_past_the_models_table_are_refused(models_dir, tmp_path, capsys):
     """Positions run on through a band, so with long lines a band passed
     GPT-2's 512 learned positions although every sample fit: an IndexError
@@ -434,7 +449,7 @@ def test_a_memory_folder_that_is_a_file_says_so(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CharloraError) as err:
         MemoryStore(tmp_path / "afile" / "Bob--Alice.sqlite", "Bob", "Alice")
-    assert str(err.value) == f"the memory folder {tmp_path / 'afile'} is a file, not a folder; give --memory_dir a folder"
+    assert str(err.value) == f"cannot write to {tmp_path / 'afile'}: it is a file, not a folder; give --memory_dir a folder"
     assert (tmp_path / "afile").read_text() == "x"
 
 
