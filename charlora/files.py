@@ -34,6 +34,20 @@ def _umask() -> int:
     return mask
 
 
+def make_folder(folder: str | Path, hint: str = "") -> Path:
+    """Create `folder` and its parents, or raise CharloraError in one line
+    (`hint` appended): mkdir's own "File exists" does not say that the
+    folder's path is a file.  The one mkdir for folders a user names."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CharloraError(f"cannot write to {folder}: it is a file, not a folder{hint}") from None
+    except OSError as exc:
+        raise CharloraError(f"cannot write to {folder}: {exc.strerror or exc}{hint}") from None
+    return folder
+
+
 def output_target(path: str | Path) -> Path:
     """The file a write to `path` really replaces (a symlink's target, so the
     link stays), after checking that it can be replaced.  Raises

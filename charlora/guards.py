@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from charlora.errors import CharloraError
+from charlora.files import make_folder
 
 # Bytes of UTF-8: the name becomes ".<name>.partial", ".<name>.lock" and
 # "<model>-<name>" (with --merge) on file systems that allow 255.
@@ -117,8 +118,8 @@ def lock_adapter(loras_dir: Path, lora_name: str) -> AdapterLock:
     the first one's folder."""
     check_lora_name(loras_dir, lora_name)
     path = loras_dir / f".{lora_name}{LOCK_SUFFIX}"
+    make_folder(loras_dir)
     try:
-        loras_dir.mkdir(parents=True, exist_ok=True)
         return AdapterLock(path)
     except BlockingIOError:
         raise CharloraError(f"another run is already training --lora_name {lora_name} (it holds {path}); "

@@ -94,12 +94,12 @@ def ensure_writable(folder: Path) -> None:
     """Fail before hours of training, not after, when adapters can't be written."""
     import tempfile
 
+    from charlora.files import make_folder
+
+    make_folder(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".charlora-write-test"):
             pass
-    except FileExistsError:  # mkdir's "File exists" does not say that the folder is a file
-        raise CharloraError(f"cannot write to {folder}: it is a file, not a folder") from None
     except OSError as exc:
         raise CharloraError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 

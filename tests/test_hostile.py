@@ -25,7 +25,7 @@ import pytest
 import prepare_dataset
 from charlora.dialogue import decode_dialogue
 from charlora.errors import CharloraError
-from charlora.files import check_outputs, safe_name, strict_json, write_json_atomic, write_text_atomic
+from charlora.files import check_outputs, make_folder, safe_name, strict_json, write_json_atomic, write_text_atomic
 from charlora.readers import read_source
 from charlora.text import clean_speaker, strip_controls
 
@@ -366,6 +366,22 @@ def test_a_replaced_output_keeps_its_mode_and_a_symlink_stays(tmp_path):
 def test_strict_json(value, expected):
     assert strict_json(value, indent=None) == expected
     json.loads(strict_json(value), parse_constant=lambda c: pytest.fail(f"non-strict token {c}"))
+
+
+def test_make_folder_says_which_part_of_the_path_is_wrong(tmp_path):
+    """The one mkdir for folders a user names: a path that is a file, and one
+    whose parent is a file, are one line each; an existing folder is fine."""
+    (tmp_path / "afile").write_text("x")
+    assert make_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert (tmp_path / "new" / "deeper").is_dir()
+    assert make_folder(tmp_path / "new") == tmp_path / "new"
+    with pytest.raises(CharloraError) as err:
+        make_folder(tmp_path / "afile", "; pick a folder")
+    assert str(err.value) == f"cannot write to {tmp_path / 'afile'}: it is a file, not a folder; pick a folder"
+    with pytest.raises(CharloraError) as err:
+        make_folder(tmp_path / "afile" / "sub")
+    assert str(err.value) == f"cannot write to {tmp_path / 'afile' / 'sub'}: Not a directory"
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_check_outputs_names_two_outputs_that_are_one_file(tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
+from charlora.files import make_folder
 
 SCHEMA_VERSION = 2
 
@@ -140,13 +141,7 @@ class MemoryStore:
         self.path = Path(path)
         if self.path.is_dir():
             raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # mkdir's own "File exists" does not say which part is wrong
-            raise CharloraError(f"the memory folder {self.path.parent} is a file, not a folder; give --memory_dir "
-                                "a folder") from None
-        except OSError as exc:
-            raise CharloraError(f"cannot create memory folder {self.path.parent}: {exc.strerror}") from None
+        make_folder(self.path.parent, "; give --memory_dir a folder")
         self._cache: dict[tuple[str, str], VectorCache] = {}
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0
         try:
