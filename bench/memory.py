@@ -25,6 +25,11 @@ the text alone and over "Speaker: text", and MiniLM cosine over each:
 Rolling summaries are not made here (chat makes them as the window moves;
 that would cost a context() call a line), so recall is over turns.
 
+--chatty pads every turn to one to three sentences (memory_data.chatty_turn), as
+chat is typed: a turn of several sentences is stored with a vector for each
+(embed.turn_rows), so it costs more rows to search; with --latency it times
+recall over the rows such turns make.
+
 --latency stores N turns (lines of generated conversations, two speakers),
 with random unit vectors in place of their embeddings (embedding 100k lines
 on one thread takes ~10 min; the search cost does not depend on the values),
@@ -52,6 +57,7 @@ from memory_data import KINDS, conversations  # noqa: E402
 from charlora.dialogue import Line  # noqa: E402
 from charlora.memory import ChatMemory, MemorySettings, MemoryStore  # noqa: E402
 from charlora.memory.retrieve import retrieve  # noqa: E402
+from charlora.memory.text import parts  # noqa: E402
 from charlora.prompt import build_prompt  # noqa: E402
 
 DAY = 86400.0
@@ -105,7 +111,7 @@ def bm25_rankings(docs: list[str], queries: list[str], k: int) -> list[list[int]
 
 
 def run_split(args, embedder, count) -> dict:
-    convs = conversations(args.split, args.conversations, args.seed)
+    convs = conversations(args.split, args.conversations, args.seed, args.chatty)
     settings = MemorySettings()
     budget = settings.short_term_tokens + settings.summary_tokens + settings.facts_tokens + settings.recall_tokens
     kmax = 10
@@ -212,8 +218,9 @@ def print_tables(result: dict) -> None:
 
 def run_latency(args, embedder) -> dict:
     """p50/p95 of retrieve() at each size, with the first recall (vectors read from the file) apart."""
-    convs = conversations("tune", 1 + max(args.latency) // 440, args.seed + 1000)
+    convs = conversations("tune", 1 + max(args.latency) // 440, args.seed + 1000, args.chatty)
     pool = [l.text for c in convs for l in c.lines]
+    rows = [1 + len(parts(text)) for text in pool]  # a turn's vectors: its own and its sentences' (turn_rows)
     questions = [q.text for c in convs[:2] for q in c.questions]
     rng = np.random.default_rng(0)
     out = {}
@@ -228,9 +235,10 @@ def run_latency(args, embedder) -> dict:
                 if i % 22 == 0:
                     sid, _, _ = store.session(f"s{i}", 1_767_225_600.0 + i * 60)
                 store.add_turn(sid, Line(("Sam", "Morgan")[i % 2], pool[i % len(pool)]), 1_767_225_600.0 + i * 60)
-        vecs = rng.standard_normal((n, 384)).astype(np.float32)
+        counts = [rows[i % len(pool)] for i in range(n)]
+        vecs = rng.standard_normal((sum(counts), 384)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        store.add_vectors("turn", embedder.name, dict(zip(range(1, n + 1), vecs)))
+        store.add_vectors("turn", embedder.name, dict(zip(range(1, n + 1), np.split(vecs, np.cumsum(counts)[:-1]))))
         store.close()
         store = MemoryStore(tmp / "m.sqlite", "Morgan", "Sam")  # as chat opens it: nothing cached yet
         build_s = time.time() - t0
@@ -246,15 +254,15 @@ def run_latency(args, embedder) -> dict:
             cpu.append((time.process_time() - c0) * 1000)
         store.close()
         pct = lambda xs, p: round(float(np.percentile(xs, p)), 1)
-        out[str(n)] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "cpu_p50_ms": pct(cpu, 50),
+        out[str(n)] = {"vectors": sum(counts), "p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "cpu_p50_ms": pct(cpu, 50),
                        "cpu_p95_ms": pct(cpu, 95), "first_ms": round(first_ms, 1), "queries": len(times),
                        "build_s": round(build_s, 1)}
-        print(f"{n} turns: p50 {out[str(n)]['p50_ms']} ms, p95 {out[str(n)]['p95_ms']} ms over {len(times)} "
+        print(f"{n} turns ({sum(counts)} vectors): p50 {out[str(n)]['p50_ms']} ms, p95 {out[str(n)]['p95_ms']} ms over {len(times)} "
               f"queries; first recall {first_ms:.0f} ms (reads the vectors)", file=sys.stderr)
-    print("| stored turns | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | first recall ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| stored turns | vectors | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | first recall ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n, r in out.items():
-        print(f"| {int(n):,} | {r['p50_ms']} | {r['p95_ms']} | {r['cpu_p50_ms']} | {r['cpu_p95_ms']} | {r['first_ms']} |")
+        print(f"| {int(n):,} | {r['vectors']:,} | {r['p50_ms']} | {r['p95_ms']} | {r['cpu_p50_ms']} | {r['cpu_p95_ms']} | {r['first_ms']} |")
     return out
 
 
@@ -278,6 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("tune", "heldout"), default="heldout")
     p.add_argument("--conversations", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chatty", action="store_true",
+                   help="every turn one to three sentences (a reaction before, small talk after), as chat is typed")
     p.add_argument("--latency", type=int, nargs="*", default=None, help="time recall at these memory sizes instead")
     p.add_argument("--latency_queries", type=int, default=100)
     p.add_argument("-m", "--model_name", default="SmolLM2-135M-Instruct", help="its tokenizer counts prompt tokens")

@@ -277,13 +277,33 @@ def shares_content_word(a: str, b: str) -> bool:
     return bool({_stem(w) for w in content_words(a)} & {_stem(w) for w in content_words(b)})
 
 
-def conversation(bank: str, rng: random.Random) -> Conversation:
-    """One conversation of SESSIONS sessions and its questions, drawn from `bank`."""
+def chatty_turn(text: str, rng: random.Random, b: dict, avoid: str = "") -> str:
+    """--chatty: the turn as people type in a chat, one to three sentences: a
+    reaction to what was just said before it half the time, small talk after
+    it half the time.  The extra sentences come from the same bank's small talk
+    and reactions, so they repeat across the conversation as real chit-chat does
+    and dilute a fact's turn for both keyword and embedding search.  `avoid`:
+    paraphrased questions about this turn, which must still share no content
+    word with it (redrawn until they don't)."""
+    for _ in range(50):
+        before = rng.choice(b["reactions"]) if rng.random() < 0.5 else ""
+        after = rng.choice(b["small_talk"]) if rng.random() < 0.5 else ""
+        out = " ".join(x for x in (before, text, after) if x)
+        if not avoid or not shares_content_word(avoid, out):
+            return out
+    return text
+
+
+def conversation(bank: str, rng: random.Random, pad: random.Random | None = None) -> Conversation:
+    """One conversation of SESSIONS sessions and its questions, drawn from `bank`.
+    pad: a second stream; with it every turn is padded by chatty_turn, and the
+    plain conversation under the padding is the one drawn without it."""
     b = BANKS[bank]
     a_name, b_name = rng.sample(b["people"], 2)
     # Each item: (session, speaker, text, question maker or None); questions refer to items by index.
     items: list[tuple[int, str, str]] = []
     pending: list[tuple[str, str, list[int], str]] = []  # (kind, question, evidence item indexes, answer)
+    avoid: dict[int, str] = {}  # item index -> its paraphrased question, without the name
 
     def say(session: int, who: str, text: str) -> int:
         items.append((session, who, text))
@@ -300,6 +320,7 @@ def conversation(bank: str, rng: random.Random) -> Conversation:
             assert not shares_content_word(para.format(P=""), stmt.format(v=mine)), (para, stmt)
             pending.append(("single", q.format(P=who), [ev], mine))
             pending.append(("paraphrase", para.format(P=who), [ev], mine))
+            avoid[ev] = para.format(P="")
         relations = rng.sample(b["relations"], len(b["relations"]))
         for intro, rel in relations[:3]:
             n = others.pop()
@@ -347,9 +368,14 @@ def conversation(bank: str, rng: random.Random) -> Conversation:
                 conv.sessions.append(s)
                 clock += 40
     conv.questions = [Question(kind, text, [where[i] for i in ev], answer) for kind, text, ev, answer in pending]
+    if pad is not None:
+        item_at = {pos: i for i, pos in where.items()}
+        conv.lines = [Line(l.speaker, chatty_turn(l.text, pad, b, avoid.get(item_at.get(pos, -1), "")))
+                      for pos, l in enumerate(conv.lines)]
     return conv
 
 
-def conversations(bank: str, n: int, seed: int) -> list[Conversation]:
+def conversations(bank: str, n: int, seed: int, chatty: bool = False) -> list[Conversation]:
     rng = random.Random(f"{bank}-{seed}")
-    return [conversation(bank, rng) for _ in range(n)]
+    pad = random.Random(f"{bank}-{seed}-chatty") if chatty else None
+    return [conversation(bank, rng, pad) for _ in range(n)]

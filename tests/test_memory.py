@@ -79,7 +79,7 @@ def test_new_file_has_schema_version_and_wal(tmp_path):
     store.add_turn(sid, Line("Maria/../x", "hello"), 2.0)
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT speaker, text FROM turns").fetchall() == [("Maria/../x", "hello")]
     again = MemoryStore(path, "Sir Toby", "Maria/../x")
@@ -95,10 +95,10 @@ def test_corrupt_newer_foreign_and_other_pair_files_are_refused_untouched(tmp_pa
 
     newer = tmp_path / "newer.sqlite"
     MemoryStore(newer, "Bob", "Alice").close()
-    sqlite3.connect(newer).execute("PRAGMA user_version = 3")
+    sqlite3.connect(newer).execute("PRAGMA user_version = 4")
     with pytest.raises(CharloraError) as err:
         MemoryStore(newer, "Bob", "Alice")
-    assert str(err.value) == (f"memory file {newer} has schema version 3, newer than this charlora reads (2); "
+    assert str(err.value) == (f"memory file {newer} has schema version 4, newer than this charlora reads (3); "
                               "update charlora or use another --memory_dir")
 
     foreign = tmp_path / "foreign.sqlite"

@@ -1,6 +1,7 @@
 """The memory file across versions and bad input, and the in-memory vector
 cache against a brute-force reference: a schema-1 file (written with the SQL
-of the code before schema 2) opens, migrates and recalls with nothing lost; a
+of the code before schema 2) and a schema-2 file open, migrate and recall with
+nothing lost; a
 damaged file, a folder and a newer schema each stop with one CharloraError
 and leave the file byte for byte as it was."""
 from __future__ import annotations
@@ -14,8 +15,10 @@ import chat
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
+from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
 from charlora.memory.store import VectorCache
+from charlora.memory.text import parts
 from test_memory import Clock, HashEmbedder, words
 
 # Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).
@@ -93,7 +96,7 @@ def test_a_schema_1_file_migrates_with_nothing_lost_and_recalls_by_speaker(tmp_p
     schema_1_file(path)
     before = dump(path)
     store = MemoryStore(path, "Bob", "Alice")
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert dump(path) == before
     # The old text-only turn vector is gone (it is made again from "Speaker: text"); FTS5 now has the speaker.
     assert store.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
@@ -105,10 +108,76 @@ def test_a_schema_1_file_migrates_with_nothing_lost_and_recalls_by_speaker(tmp_p
     assert [(h.kind, h.id) for h in hits] == [("turn", 1), ("turn", 2)] and hits[0].embedding > hits[1].embedding
     assert store.db.execute("SELECT COUNT(*) FROM vectors WHERE kind = 'turn'").fetchone()[0] == len(TURNS)
     store.close()
-    # Opened again: already schema 2, nothing to do, the same turns.
+    # Opened again: already schema 3, nothing to do, the same turns.
     again = MemoryStore(path, "Bob", "Alice")
     assert [t.text for t in again.turns()] == [t for _, t in TURNS]
     again.close()
+
+
+# Schema 3 changed one trigger.  Schema 2's, as charlora/memory/store.py wrote it
+# (commit 0beb287): a deleted turn took only its own vector with it.
+SCHEMA_2_TURNS_AD = """
+DROP TRIGGER turns_ad;
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
+    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
+"""
+CHATTY = [("Alice", "Ha, I know the feeling. My sister is called Ana. The bus was late again."),
+          ("Bob", "Buses, eh.")]
+
+
+def schema_2_file(path):
+    """A memory file as the schema-2 code left it: today's tables with schema 2's
+    trigger and version, and one vector a turn (turn_vectors)."""
+    store = MemoryStore(path, "Bob", "Alice")
+    sid, _, _ = store.session("s1", 100.0)
+    for i, (speaker, text) in enumerate(CHATTY):
+        store.add_turn(sid, Line(speaker, text), 101.0 + i)
+    store.add_fact("My sister is called Ana.", 1, 101.0)
+    store.add_vectors("turn", "hash-512", dict(zip([1, 2], turn_vectors(HashEmbedder(), CHATTY))))
+    store.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {SCHEMA_2_TURNS_AD} PRAGMA user_version = 2; COMMIT;")
+    db.close()
+
+
+def test_a_schema_2_file_migrates_and_its_turns_of_several_sentences_get_their_sentence_vectors(tmp_path):
+    path = tmp_path / "Bob--Alice.sqlite"
+    schema_2_file(path)
+    before = dump(path)
+    store = MemoryStore(path, "Bob", "Alice")
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert dump(path) == before
+    vectors = lambda: store.db.execute("SELECT kind, ref FROM vectors ORDER BY kind, ref").fetchall()
+    # The turn of three sentences lost its one vector, to be made again with its sentences'.
+    assert vectors() == [("turn", 2)]
+    question = "What is Alice's sister called?"
+    hits = retrieve(store, question, "embedding", HashEmbedder(), k=2)
+    assert vectors() == [("sentences", 1), ("turn", 1), ("turn", 2)]
+    blob = store.db.execute("SELECT vec FROM vectors WHERE kind = 'sentences'").fetchone()[0]
+    sentences = np.frombuffer(blob, np.float32).reshape(-1, 512)
+    assert np.allclose(sentences, turn_vectors(HashEmbedder(), [("Alice", p) for p in parts(CHATTY[0][1])]))
+    # A turn scores by its best row: the sentence that says it, above the whole turn's mean.
+    q = HashEmbedder().embed([question])[0]
+    whole = turn_vectors(HashEmbedder(), CHATTY[:1])[0]
+    assert [h.id for h in hits] == [1]  # Bob's line shares no word with it
+    assert hits[0].embedding == pytest.approx(float(sentences[1] @ q)) and float(sentences[1] @ q) > whole @ q
+    # Forgetting the turn takes its sentences' vectors too (schema 3's trigger), and from the cache.
+    assert store.delete_turn(1)
+    assert vectors() == [("turn", 2)]
+    cache = store.vectors("turn", "hash-512")
+    assert list(cache.ids[: cache.n]) == [2] and retrieve(store, question, "embedding", HashEmbedder(), k=2) == []
+    store.close()
+
+
+def test_a_turn_of_one_sentence_keeps_one_vector_and_a_long_one_at_most_16():
+    lines = [("Alice", "My sister is called Ana."), ("Bob", "Oh. Nice!"),
+             ("Alice", " ".join(f"Line {i} here." for i in range(20)))]
+    rows = turn_rows(HashEmbedder(), lines)
+    assert [len(r) for r in rows] == [1, 3, 17]
+    assert np.allclose(np.stack([r[0] for r in rows]), turn_vectors(HashEmbedder(), lines))
+    assert parts("Oh. Nice!") == ["Oh.", "Nice!"] and parts("Just one, really.") == []
+    assert parts(lines[2][1])[-1] == " ".join(f"Line {i} here." for i in range(15, 20))
 
 
 def damaged_file(path) -> bytes:
@@ -164,11 +233,11 @@ def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_sc
     # checkpoints the change into the file whenever the garbage collector gets to it (in the
     # full suite, during run() below, which then looked like chat.py changing the file).
     con = sqlite3.connect(newer / "Bob--Alice.sqlite")
-    con.execute("PRAGMA user_version = 3")
+    con.execute("PRAGMA user_version = 4")
     con.close()
     data = (newer / "Bob--Alice.sqlite").read_bytes()
-    assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 3, newer than this "
-                          "charlora reads (2); update charlora or use another --memory_dir\n")
+    assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 4, newer than this "
+                          "charlora reads (3); update charlora or use another --memory_dir\n")
     assert (newer / "Bob--Alice.sqlite").read_bytes() == data
 
 
@@ -187,6 +256,22 @@ def test_vector_cache_matches_brute_force_through_adds_and_removes():
     assert [i for i, _ in got] == expect
     assert np.allclose([s for _, s in got], [vecs[i - 1] @ q for i in expect], atol=1e-5)
     assert cache.search(q, 500) and len(cache.search(q, 500)) == 297
+
+
+def test_vector_cache_scores_an_id_of_several_rows_by_its_best_row():
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((200, 8)).astype(np.float32)
+    owner = np.repeat(np.arange(1, 41), 5)  # 40 ids of 5 rows each: most of a top-k's rows repeat an id
+    cache = VectorCache()
+    cache.add(list(owner), vecs)
+    cache.remove(7)
+    q = rng.standard_normal(8).astype(np.float32)
+    best = {i: float(max(vecs[owner == i] @ q)) for i in range(1, 41) if i not in (7, 3)}
+    expect = sorted(best, key=lambda i: -best[i])[:12]
+    got = cache.search(q, 12, skip={3})
+    assert [i for i, _ in got] == expect
+    assert np.allclose([s for _, s in got], [best[i] for i in expect], atol=1e-5)
+    assert len(cache.search(q, 100)) == 39
 
 
 def test_turns_are_embedded_when_written_and_forgetting_drops_the_cached_vector(tmp_path):

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
-from charlora.memory.embed import Embedder, turn_vectors
+from charlora.memory.embed import Embedder, turn_rows
 from charlora.memory.retrieve import RECENCY_WEIGHT, Hit, retrieve
 from charlora.memory.store import MemoryStore, memory_file
 from charlora.memory.summarize import SEPARATOR, Summarizer
@@ -122,8 +122,8 @@ class ChatMemory:
         self.ids.append(turn_id)
         if self.embedder is not None and self.s.recall_method != "keyword":
             # Embedded once, now (~12 ms a line on one CPU thread), never again at recall time.
-            vec = turn_vectors(self.embedder, [(line.speaker, line.text)])[0]
-            self.store.add_vectors("turn", self.embedder.name, {turn_id: vec})
+            rows = turn_rows(self.embedder, [(line.speaker, line.text)])[0]
+            self.store.add_vectors("turn", self.embedder.name, {turn_id: rows})
 
     # ------------------------------------------------------------- the tiers
 

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from charlora.memory.embed import Embedder, turn_vectors
+from charlora.memory.embed import Embedder, turn_rows
 from charlora.memory.store import MemoryStore
 from charlora.memory.text import content_words, fts_query
 
@@ -129,7 +129,7 @@ def ensure_vectors(store: MemoryStore, embedder: Embedder) -> None:
         missing = store.unembedded(kind, embedder.name, after)
         if missing:
             store.vectors(kind, embedder.name)  # loaded before the add, so the add reaches it
-            vecs = (turn_vectors(embedder, [(s, t) for _, s, t in missing]) if kind == "turn"
+            vecs = (turn_rows(embedder, [(s, t) for _, s, t in missing]) if kind == "turn"
                     else embedder.embed([t for _, _, t in missing]))
             store.add_vectors(kind, embedder.name, dict(zip([i for i, _, _ in missing], vecs)))
     turns.checked = store.last_turn_id()

@@ -10,8 +10,10 @@ said), summaries (each session's rolling summary and the turn range it
 covers), facts (what the user said about themselves), vectors (embeddings of
 turns and summaries, per embedding model), plus FTS5 indexes over turns and
 summaries kept in step by triggers.  Schema 2 indexes who said a turn in
-its FTS5 row (a `speaker` column) and in its vector (embed.turn_vectors); a
-schema-1 file is migrated in place, in one transaction, when opened.
+its FTS5 row (a `speaker` column) and in its vector (embed.turn_vectors).
+Schema 3 adds the vectors of the sentences of a turn of several (kind
+'sentences', one row a turn holding them all; embed.turn_rows), deleted with
+their turn.  Older files are migrated in place, in one transaction, when opened.
 
 Before anything is written, a file is opened read-only and checked (header,
 schema version, PRAGMA quick_check), so a damaged or foreign file is refused
@@ -34,8 +36,9 @@ import numpy as np
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.files import make_folder
+from charlora.memory.text import parts
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The keyword index of turns, with who said each (schema 2): "What is Caroline's
 # sister called?" finds Caroline's line, not Melanie's "My sister is called Greta".
@@ -46,7 +49,16 @@ CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
     INSERT INTO turns_fts(rowid, speaker, text) VALUES (new.id, new.speaker, new.text); END;
 CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
     INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
-    DELETE FROM vectors WHERE kind = 'turn' AND ref = old.id; END;
+    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
+"""
+# Schema 2 -> 3: a deleted turn takes its sentences' vectors with it.  (The turns of
+# several sentences lose their one vector too, in _open, so recall embeds them
+# again with their sentences.)
+_MIGRATE_2 = """
+DROP TRIGGER turns_ad;
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
+    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
 """
 # Schema 1 -> 2: the speaker joins the keyword index (rebuilt from the turns), and
 # turn vectors, embedded from the text alone, are dropped to be made again with
@@ -204,9 +216,16 @@ class MemoryStore:
         if (meta.get("character"), meta.get("user")) != (name, user):
             raise CharloraError(f"memory file {self.path} belongs to {meta.get('character')!r} talking with "
                                 f"{meta.get('user')!r}, not {name!r} with {user!r}")
-        if version == 1:
+        if version in (1, 2):
+            # Schema 1's script rebuilds the keyword index with schema 3's triggers and drops every turn vector.
             try:
-                self.db.executescript(f"BEGIN; {_MIGRATE_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+                self.db.executescript(f"BEGIN; {_MIGRATE_1 if version == 1 else _MIGRATE_2}")
+                if version == 2:
+                    several = [(i,) for i, text in self.db.execute("SELECT id, text FROM turns") if parts(text)]
+                    self.db.executemany("DELETE FROM vectors WHERE kind = 'turn' AND ref = ?", several)
+                # execute, not executescript, which would commit the open transaction first
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
@@ -319,27 +338,39 @@ class MemoryStore:
     # -------------------------------------------------------------- vectors
 
     def vectors(self, kind: str, model: str) -> "VectorCache":
-        """The (kind, model) vectors, read from the file on first use and kept in memory after."""
+        """The (kind, model) vectors, read from the file on first use and kept in memory after;
+        a turn's sentence vectors sit in its cache as more rows under its id."""
         key = (kind, model)
         if key not in self._cache:
-            rows = self.db.execute("SELECT ref, vec FROM vectors WHERE kind = ? AND model = ?", (kind, model))
+            read = lambda k: [(ref, np.frombuffer(blob, dtype=np.float32))
+                              for ref, blob in self.db.execute("SELECT ref, vec FROM vectors WHERE kind = ? "
+                                                               "AND model = ?", (k, model))]
             cache = VectorCache()
-            pairs = [(ref, np.frombuffer(blob, dtype=np.float32)) for ref, blob in rows]
+            pairs = read(kind)
             if pairs:
                 cache.add([r for r, _ in pairs], np.stack([v for _, v in pairs]))
+                dim = len(pairs[0][1])
+                for ref, flat in read("sentences") if kind == "turn" else ():
+                    rows = flat.reshape(-1, dim)
+                    cache.add([ref] * len(rows), rows)
             self._cache[key] = cache
         return self._cache[key]
 
     def add_vectors(self, kind: str, model: str, items: dict[int, np.ndarray]) -> None:
+        """Store each id's vector, or for a turn its rows (embed.turn_rows): the first is the
+        turn's own, any more its sentences', kept together as one 'sentences' row."""
         if not items:
             return
+        items = {ref: np.atleast_2d(np.asarray(v, dtype=np.float32)) for ref, v in items.items()}
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                                [(kind, ref, model, np.asarray(v, dtype=np.float32).tobytes())
-                                 for ref, v in items.items()])
+                                [(kind, ref, model, rows[0].tobytes()) for ref, rows in items.items()])
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES ('sentences', ?, ?, ?)",
+                                [(ref, model, rows[1:].tobytes()) for ref, rows in items.items() if len(rows) > 1])
         if (kind, model) in self._cache:
-            self._cache[(kind, model)].add(list(items), np.stack([np.asarray(v, np.float32) for v in items.values()]))
+            self._cache[(kind, model)].add([ref for ref, rows in items.items() for _ in rows],
+                                           np.concatenate(list(items.values())))
 
     def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str | None, str]]:
         """[(id, speaker, text)] of turns (id > `after`) or non-empty summaries (speaker None) with no
@@ -395,12 +426,23 @@ class VectorCache:
             self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
 
     def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[tuple[int, float]]:
-        """[(id, cosine)] of the `k` nearest, best first, ids in `skip` left out."""
+        """[(id, cosine)] of the `k` nearest ids, each by its best row, best first, ids in
+        `skip` left out."""
         if not self.n:
             return []
         sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
         take = min(self.n, k + len(skip))
-        top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        out = [(int(self.ids[i]), float(sims[i])) for i in top if int(self.ids[i]) not in skip]
-        return out[:k]
+        while True:
+            # An id may hold several rows (a turn's sentences): widen the cut until it
+            # holds k ids, or every row.  Best first, so an id's first row is its best.
+            top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
+            top = top[np.argsort(-sims[top], kind="stable")]
+            out, seen = [], set(skip)
+            for i in top:
+                ref = int(self.ids[i])
+                if ref not in seen:
+                    seen.add(ref)
+                    out.append((ref, float(sims[i])))
+            if len(out) >= k or take == self.n:
+                return out[:k]
+            take = min(self.n, 2 * take)

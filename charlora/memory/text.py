@@ -31,6 +31,20 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
 
 
+# Sentences embedded apart from their turn (embed.turn_rows), at most: a pasted page
+# must not cost hundreds of embeddings a line; the rest stays in the last part.
+MAX_PARTS = 16
+
+
+def parts(text: str) -> list[str]:
+    """The sentences of a turn of several (at most MAX_PARTS, the last holding the
+    rest); [] for a turn of one sentence, whose own vector already is its sentence's."""
+    found = sentences(text)
+    if len(found) < 2:
+        return []
+    return found[: MAX_PARTS - 1] + [" ".join(found[MAX_PARTS - 1 :])] if len(found) > MAX_PARTS else found
+
+
 def fts_query(text: str) -> str:
     """An FTS5 query that matches any content word of `text` ("" if none).
 
