@@ -65,7 +65,9 @@ class Sampling(Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     repetition_penalty: float | None = Field(None, gt=0, le=10, allow_inf_nan=False)
-    seed: int | None = None
+    # OpenAI takes any 64-bit seed; numpy, which set_seed also seeds, only
+    # 0..2**32-1, so Engine.seed folds it in (a 500 before).
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)
     n: int = Field(1, ge=1, le=1)
     stop: str | list[str] | None = None
     stream: bool = False

@@ -154,7 +154,7 @@ class Engine:
         if req.seed is not None:
             from transformers import set_seed
 
-            set_seed(req.seed)
+            set_seed(req.seed % 2**32)  # the same seed, the same reply: folded, not refused
 
     # Both run on the worker thread.
     def chat(self, req: ChatRequest, user: str, session_name: str, emit: Callable[[str], None],

@@ -216,6 +216,27 @@ def test_bad_requests_get_openai_errors_with_the_right_status(served, body, stat
     assert error["param"] == param and error["message"] and error["type"]
 
 
+def post(served, body, path="/chat/completions", **kw):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    return httpx.post(f"{served[0]}{path}", json=body, timeout=60, **kw)
+
+
+def test_any_64_bit_seed_is_taken_and_folded_into_numpys_range(served):
+    """OpenAI takes 64-bit seeds; numpy's seeding refused all but 0..2**32-1 (a 500)."""
+    def reply(seed):  # a new conversation each time (memory is on)
+        r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 1,
+                          "seed": seed, "user": "Seedy"}, headers={"X-Charlora-Session": f"seed {seed}"})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    assert reply(-1) == reply(2**32 - 1)
+    assert reply(2**40 + 7) == reply(7)
+    r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "seed": 2**63})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "seed"
+
+
 def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     import httpx2 as httpx  # the HTTP client the openai package itself uses
 
