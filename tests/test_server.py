@@ -237,6 +237,47 @@ def test_any_64_bit_seed_is_taken_and_folded_into_numpys_range(served):
     assert r.json()["error"]["param"] == "seed"
 
 
+def test_a_tiny_temperature_is_greedy_not_nan(served):
+    """temperature 1e-300 divided the logits to infinity: NaN probabilities,
+    then a 400 blaming the model's weights, coded context_length_exceeded."""
+    from charlora.reply import Sampling
+
+    assert not Sampling(greedy=False, temperature=1e-300).sampled and Sampling(greedy=False, temperature=1e-5).sampled
+
+    def reply(temperature):
+        r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "user": "Tiny",
+                          "temperature": temperature}, headers={"X-Charlora-Session": f"t {temperature}"})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    assert reply(1e-300) == reply(5e-324) == reply(0)
+
+
+def test_only_a_too_long_line_is_the_requests_fault(tmp_path, tiny_tokenizers):
+    """A model giving NaN is the server's failure (a 500 by the app's handler),
+    not context_length_exceeded; a too-long line names max_tokens, not chat.py's flag."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import ChatRequest, Engine
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    engine = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", max_new_tokens=24, greedy=True, temperature=0), model_id="llama"))
+    long = ChatRequest(model="llama", max_tokens=490, messages=[{"role": "user", "content": "hi " * 20}])
+    with pytest.raises(ApiError) as err:
+        engine.chat(long, "Alice", "api", lambda t: None, threading.Event(), [])
+    assert (err.value.status, err.value.code, err.value.message) == (
+        400, "context_length_exceeded", "that line is too long for this model: with max_tokens 490 a prompt may "
+                                        "have at most 22 tokens")
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(CharloraError, match="probabilities are not numbers"):
+        engine.chat(ChatRequest(model="llama", messages=[{"role": "user", "content": "hi"}]), "Alice", "api",
+                    lambda t: None, threading.Event(), [])
+
+
 def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     import httpx2 as httpx  # the HTTP client the openai package itself uses
 
