@@ -50,8 +50,11 @@ from charlora.server_engine import Engine, ServerConfig, check_config, checked_r
 USER_HEADERS = ("x-charlora-user", "x-openwebui-user-name")
 SESSION_HEADER = "x-charlora-session"
 MAX_BODY_BYTES = 1 << 20
-"""Bigger request bodies get 413 before they are read: a chat that long
-could not fit the model anyway (at most --rounds lines are used)."""
+"""Bigger request bodies get 413: a chat that long could not fit the model
+anyway (at most --rounds lines are used).  A body that says its size is
+refused unread (body_limit); one sent in chunks without a Content-Length, once
+this much was read (FastAPI's max_body_size on each POST route, which would
+answer plain text to the first kind: it replaces any response to them)."""
 
 
 def make_app(engine: Engine):
@@ -80,7 +83,7 @@ def make_app(engine: Engine):
         named = req.user or next((unquote(request.headers[h]) for h in USER_HEADERS if request.headers.get(h)), None)
         return speaker(named, "user") if named else c.defaults.user
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", max_body_size=MAX_BODY_BYTES)
     async def chat(req: ChatRequest, request: Request):
         stops = check_model(req)
         user = who(req, request)
@@ -92,7 +95,7 @@ def make_app(engine: Engine):
 
         return await respond(engine, job, req, "chat.completion", stops, request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", max_body_size=MAX_BODY_BYTES)
     async def completions(req: CompletionRequest, request: Request):
         stops = check_model(req)
         user = who(req, request)
@@ -124,8 +127,14 @@ def add_error_handlers(app) -> None:
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
         return JSONResponse(ApiError(400, message, where or None).body(), status_code=400)
 
+    def too_large() -> JSONResponse:
+        return JSONResponse(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
+                                     "request_too_large").body(), status_code=413)
+
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
+        if exc.status_code == 413:  # max_body_size, read in chunks
+            return too_large()
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), type="invalid_request_error").body(),
                             status_code=exc.status_code)
 
@@ -142,8 +151,7 @@ def add_error_handlers(app) -> None:
     async def body_limit(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return JSONResponse(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
-                                         "request_too_large").body(), status_code=413)
+            return too_large()
         return await call_next(request)
 
 

@@ -289,6 +289,12 @@ def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
     r = httpx.post(url, content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    # Sent in chunks, with no Content-Length to refuse it by: it was read whole (a 400 or worse).
+    r = httpx.post(url, content=iter([b"x" * (1 << 16)] * 32), headers={"Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["error"] == {
+        "message": "the request body is over 1048576 bytes", "type": "invalid_request_error", "param": None,
+        "code": "request_too_large"}
     import openai
 
     with pytest.raises(openai.NotFoundError):
