@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from charlora.config import check_speaker_name
 from charlora.dialogue import Line, parse_line
@@ -37,6 +38,15 @@ class ClientGone(Exception):
     """The client closed the stream: stop generating, write nothing."""
 
 
+def field_path(loc: tuple) -> str:
+    """pydantic's error location ("body", "messages", 0, "role") as OpenAI's
+    `param` writes it, messages[0].role, as our own errors do."""
+    path = ""
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 # ------------------------------------------------------------------ requests
 
 
@@ -45,9 +55,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def expected(what: str) -> WrapValidator:
+    """One error for a field of several shapes: pydantic reports each shape's
+    failure, and the first alone misled ("content.str: Input should be a valid
+    string" for a list of numbers)."""
+    def check(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_type", f"expected {what}") from None
+
+    return WrapValidator(check)
+
+
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[str | list[dict[str, Any]] | None,
+                       expected("a string or a list of content parts ({\"type\": \"text\", \"text\": ...})")] = None
     name: str | None = None
 
 
@@ -68,9 +92,10 @@ class Sampling(Strict):
     # OpenAI takes any 64-bit seed; numpy, which set_seed also seeds, only
     # 0..2**32-1, so Engine.seed folds it in (a 500 before).
     seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)
-    n: int = Field(1, ge=1, le=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
+    # n and stream may be null, as in OpenAI's API (some clients send every field).
+    n: int | None = Field(1, ge=1, le=1)
+    stop: Annotated[str | list[str] | None, expected("a string or a list of strings")] = None
+    stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=200)
 
@@ -80,7 +105,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: Annotated[str | list[str], expected("a string")]
 
 
 def stop_list(stop: str | list[str] | None) -> list[str]:

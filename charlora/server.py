@@ -43,8 +43,8 @@ from fastapi import Request  # at module level: FastAPI reads the handlers' (str
 # The request shapes and the engine live in their own modules; their names are
 # kept importable from here (serve.py and the tests use them).
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Message,  # noqa: F401
-                                 Sampling, chat_lines, chunk, cut_at_stops, envelope, finish_reason, speaker, sse,
-                                 stop_list, stream_prefix, usage)
+                                 Sampling, chat_lines, chunk, cut_at_stops, envelope, field_path, finish_reason,
+                                 speaker, sse, stop_list, stream_prefix, usage)
 from charlora.server_engine import Engine, ServerConfig, check_config, checked_request  # noqa: F401
 
 USER_HEADERS = ("x-charlora-user", "x-openwebui-user-name")
@@ -121,11 +121,14 @@ def add_error_handlers(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = field_path(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             return JSONResponse(ApiError(400, "the request body is not valid JSON", None, "invalid_json").body(), 400)
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-        return JSONResponse(ApiError(400, message, where or None).body(), status_code=400)
+        if not where:  # empty, a JSON list or string, or a form: pydantic's "Field required" said nothing useful
+            return JSONResponse(ApiError(400, "the request body must be a JSON object "
+                                              "(Content-Type: application/json)").body(), status_code=400)
+        return JSONResponse(ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", where).body(),
+                            status_code=400)
 
     def too_large() -> JSONResponse:
         return JSONResponse(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,

@@ -278,6 +278,45 @@ def test_only_a_too_long_line_is_the_requests_fault(tmp_path, tiny_tokenizers):
                     lambda t: None, threading.Event(), [])
 
 
+HI = [{"role": "user", "content": "hi"}]
+PARTS = "a string or a list of content parts ({\"type\": \"text\", \"text\": ...})"
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    # A field of several shapes: one error (pydantic's first shape's said "content.str: ... a valid string").
+    ("/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
+     f"messages[0].content: expected {PARTS}"),
+    ("/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": ["hi"]}]},
+     "messages[0].content", f"messages[0].content: expected {PARTS}"),
+    ("/chat/completions", {"model": "llama", "messages": HI, "stop": [5]}, "stop",
+     "stop: expected a string or a list of strings"),
+    ("/completions", {"model": "llama", "prompt": [1, 2, 3]}, "prompt", "prompt: expected a string"),
+    # OpenAI's param spelling, as our own errors write it (was messages.1.role).
+    ("/chat/completions", {"model": "llama", "messages": [*HI, {"role": "wizard", "content": "hi"}]},
+     "messages[1].role", "messages[1].role: Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"),
+    # A body that is no JSON object (was "Field required" or "Input should be a valid dictionary ...").
+    ("/chat/completions", b"", None, "the request body must be a JSON object (Content-Type: application/json)"),
+    ("/chat/completions", b"[1, 2]", None, "the request body must be a JSON object (Content-Type: application/json)"),
+    ("/completions", b"null", None, "the request body must be a JSON object (Content-Type: application/json)"),
+])
+def test_malformed_fields_get_one_clear_error(served, path, body, param, message):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    if isinstance(body, bytes):
+        r = httpx.post(f"{served[0]}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    else:
+        r = post(served, body, path)
+    assert r.status_code == 400
+    assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+
+
+def test_null_is_the_default_for_fields_openai_lets_be_null(served):
+    """n and stream may be null in OpenAI's API; both were a 400."""
+    r = post(served, {"model": "llama", "messages": HI, "n": None, "stream": None, "stop": None, "user": "Nully"})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "chat.completion"
+
+
 def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     import httpx2 as httpx  # the HTTP client the openai package itself uses
 
