@@ -16,6 +16,7 @@ from charlora.config import ChatConfig, require_finite
 from charlora.config import check_config as check_chat_config
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError, ContextTooLong
+from charlora.text import strip_controls
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Result, Sampling, chat_lines,
                                  cut_at_stops)
 
@@ -208,7 +209,9 @@ class Engine:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise ApiError(400, "prompt must be one string", "prompt")
-        prompt = prompts[0]
+        # Continued as written, line breaks too, but cleaned as chat lines are: a
+        # lone surrogate (JSON's "\ud800") made the tokenizer fail (a 500).
+        prompt = strip_controls(prompts[0])
         session = self.session(self.settings(req, user))
         # The prompt's own speakers end the reply too, as in a chat.
         session.history = [line for line in map(parse_line, prompt.splitlines()) if line is not None]

@@ -317,6 +317,20 @@ def test_null_is_the_default_for_fields_openai_lets_be_null(served):
     assert r.json()["object"] == "chat.completion"
 
 
+def test_a_raw_prompt_is_cleaned_as_chat_lines_are(served):
+    """A lone surrogate in /v1/completions' prompt failed in the tokenizer (a
+    500); the chat path turns it into U+FFFD, and now so does this one."""
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    def text(raw):
+        r = httpx.post(f"{served[0]}/completions", content=raw, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    prompt = b'{"model": "llama", "max_tokens": 8, "prompt": "Alice:a%sb\\nBob:"}'
+    assert text(prompt % b"\\ud800") == text(prompt % b"\\ufffd") == text(prompt % b"\\ufffd\\u001b[31m")
+
+
 def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     import httpx2 as httpx  # the HTTP client the openai package itself uses
 
