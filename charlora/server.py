@@ -118,12 +118,15 @@ def add_error_handlers(app) -> None:
     async def api_error(request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    def not_json() -> JSONResponse:
+        return JSONResponse(ApiError(400, "the request body is not valid JSON", None, "invalid_json").body(), 400)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = field_path(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            return JSONResponse(ApiError(400, "the request body is not valid JSON", None, "invalid_json").body(), 400)
+            return not_json()
         if not where:  # empty, a JSON list or string, or a form: pydantic's "Field required" said nothing useful
             return JSONResponse(ApiError(400, "the request body must be a JSON object "
                                               "(Content-Type: application/json)").body(), status_code=400)
@@ -138,6 +141,8 @@ def add_error_handlers(app) -> None:
     async def http_error(request, exc: HTTPException):
         if exc.status_code == 413:  # max_body_size, read in chunks
             return too_large()
+        if exc.status_code == 400:  # FastAPI's only one: a body json.loads failed on not as JSONDecodeError
+            return not_json()       # (bytes that are not UTF-8, nesting past Python's recursion limit)
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), type="invalid_request_error").body(),
                             status_code=exc.status_code)
 

@@ -337,6 +337,12 @@ def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     url = f"{served[0]}/chat/completions"
     r = httpx.post(url, content=b'{"model": "llama", "messages": [', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    # Not UTF-8, or nested past the recursion limit: FastAPI's "There was an error parsing the body", no code.
+    for bad in (b'{"model": "llama", "messages": [{"role": "user", "content": "\xff"}]}', b"[" * 100000):
+        r = httpx.post(url, content=bad, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": "the request body is not valid JSON", "type": "invalid_request_error", "param": None,
+            "code": "invalid_json"}
     nan = b'{"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
     r = httpx.post(url, content=nan, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
