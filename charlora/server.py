@@ -52,7 +52,7 @@ SESSION_HEADER = "x-charlora-session"
 MAX_BODY_BYTES = 1 << 20
 """Bigger request bodies get 413: a chat that long could not fit the model
 anyway (at most --rounds lines are used).  A body that says its size is
-refused unread (body_limit); one sent in chunks without a Content-Length, once
+refused unread (declared_size_limit); one sent in chunks without a Content-Length, once
 this much was read (FastAPI's max_body_size on each POST route, which would
 answer plain text to the first kind: it replaces any response to them)."""
 
@@ -155,12 +155,19 @@ def add_error_handlers(app) -> None:
         return JSONResponse(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error").body(),
                             status_code=500)
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return too_large()
-        return await call_next(request)
+    def declared_size_limit(asgi):
+        # Plain ASGI, not @app.middleware("http"): Starlette's BaseHTTPMiddleware
+        # hides a client's hang-up from request.is_disconnected(), so a client
+        # that left went unnoticed and its queued request was generated anyway.
+        async def limited(scope, receive, send):
+            size = dict(scope.get("headers", ())).get(b"content-length", b"")
+            if scope["type"] == "http" and size.isdigit() and int(size) > MAX_BODY_BYTES:
+                return await too_large()(scope, receive, send)
+            await asgi(scope, receive, send)
+
+        return limited
+
+    app.add_middleware(declared_size_limit)
 
 
 async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str], request: Request):
@@ -170,9 +177,6 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
     model_id = engine.c.model_id
     rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
     gone = threading.Event()
-    if not req.stream:
-        result = await engine.run(lambda: job(lambda text: None, gone))
-        return envelope(model_id, rid, kind, result)
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
 
@@ -184,19 +188,16 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
             task.exception()  # retrieved here; a client still listening gets it below
         pieces.put_nowait(None)
 
-    task = asyncio.ensure_future(engine.run(lambda: job(emit, gone)))
+    task = asyncio.ensure_future(engine.run(lambda: job(emit if req.stream else lambda text: None, gone)))
     task.add_done_callback(done)
+    if not req.stream:
+        return envelope(model_id, rid, kind, await unless_gone(task, request, gone))
     # Headers wait for the first piece of the reply, so a request that fails
-    # before it (too long, ...) still gets its own HTTP status; a client
-    # that leaves while its request waits in the queue is noticed here.
+    # before it (too long, ...) still gets its own HTTP status.
     getter = asyncio.ensure_future(pieces.get())
     try:
-        while not (await asyncio.wait({getter}, timeout=0.25))[0]:
-            if await request.is_disconnected():
-                raise ClientGone
-        first = getter.result()
+        first = await unless_gone(getter, request, gone)
     except BaseException:
-        gone.set()
         getter.cancel()
         raise
     if first is None and not task.cancelled() and task.exception() is not None:
@@ -205,6 +206,22 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
     return StreamingResponse(stream_events(model_id, rid, kind, req, stops, first, pieces, task, gone),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def unless_gone(waited: asyncio.Future, request: Request, gone: threading.Event):
+    """`waited`'s result, looking every 0.25 s whether the client is still
+    there: one that left while its request waited in the queue or generated
+    sets `gone` (the generation stops, its turn is not written) and this
+    raises ClientGone.  Not streamed, nothing else would notice: the reply
+    was generated, and its turn written to memory, for nobody."""
+    try:
+        while not (await asyncio.wait({waited}, timeout=0.25))[0]:
+            if await request.is_disconnected():
+                raise ClientGone
+        return waited.result()
+    except BaseException:
+        gone.set()
+        raise
 
 
 async def stream_events(model_id: str, rid: str, kind: str, req: Sampling, stops: list[str], first: str | None,

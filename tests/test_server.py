@@ -380,6 +380,50 @@ def test_a_client_dropping_mid_stream_leaves_no_half_turn(served, client):
     assert client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}]).choices
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_while_queued_leaves_no_turn(tmp_path, tiny_tokenizers, stream):
+    """Not streamed, a client that hung up while its request waited in the
+    queue still had its reply generated and its turn written to memory: nothing
+    looked, and the body-size middleware hid the hang-up from anything that did.
+    (Streamed, writing the first piece found the client gone.)"""
+    import json
+
+    import torch
+    import uvicorn
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import Engine, make_app
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    engine = Engine(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
+                    tiny_tokenizers["llama-like"],
+                    ServerConfig(Settings("Bob", "Alice", max_new_tokens=24, greedy=True, temperature=0),
+                                 model_id="llama", memory=MemorySettings(memory_dir=tmp_path / "memory",
+                                                                         recall_method="keyword",
+                                                                         summarizer="extractive")))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(make_app(engine), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    busy = threading.Event()
+    engine.worker.submit(busy.wait)  # the generation thread is taken: the request waits in the queue
+    body = json.dumps({"model": "llama", "user": "Quinn", "stream": stream,
+                       "messages": [{"role": "user", "content": "Hello?"}]})
+    with socket.create_connection(listening.getsockname()) as conn:
+        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        time.sleep(1.0)
+    time.sleep(1.0)  # looked at every 0.25 s
+    busy.set()
+    engine.worker.submit(lambda: None).result()  # what was queued before has run
+    server.should_exit = True
+    thread.join(timeout=20)
+    assert turns(tmp_path, "Quinn") == []
+
+
 def test_concurrent_requests_each_get_their_own_reply_and_memory(served, client):
     """Eight users at once: every reply equals the one each gets alone, and
     every user's memory holds exactly their own turns."""
