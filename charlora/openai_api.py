@@ -137,13 +137,17 @@ def chat_lines(messages: list[Message], name: str, user: str) -> tuple[list[Line
 
     Speakers: a message's `name`, else `user` for user messages and the
     character for assistant ones; a leading `Speaker:` that a client wrote into
-    the content is dropped so it isn't said twice.  System, developer and tool
-    messages are left out: the adapter learned the character from dialogue.
+    the content is dropped so it isn't said twice.  System, developer, tool and
+    function messages are left out wherever they are (SillyTavern's
+    post-history instructions come after the user's line): the adapter learned
+    the character from dialogue.
     """
     lines: list[Line] = []
+    last = None
     for i, m in enumerate(messages):
         if m.role not in ("user", "assistant"):
             continue
+        last = m
         who = speaker(m.name, f"messages[{i}].name") if m.name else (user if m.role == "user" else name)
         text = message_text(m, i)
         parsed = parse_line(text)
@@ -151,8 +155,7 @@ def chat_lines(messages: list[Message], name: str, user: str) -> tuple[list[Line
             text = parsed.text
         if text:
             lines.append(Line(who, text))
-    last = messages[-1]
-    if last.role != "user" or not lines or lines[-1].speaker == name:
+    if last is None or last.role != "user" or not lines or lines[-1].speaker == name:
         raise ApiError(400, "the last message must be the user's, with some text: the character answers it",
                        "messages")
     return lines[:-1], lines[-1]

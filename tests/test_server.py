@@ -47,6 +47,18 @@ def test_the_last_message_must_be_the_users():
         chat_lines([Message(role="user", name="<script>", content="Hi")], "Bob", "Alice")
 
 
+def test_a_system_message_after_the_users_line_is_left_out():
+    """SillyTavern's post-history instructions follow the user's line as a
+    system message; that was a 400 ("the last message must be the user's")."""
+    messages = [Message(role="user", content="Is the oven on?"), Message(role="system", content="[Stay in character.]")]
+    assert chat_lines(messages, "Bob", "Alice") == ([], Line("Alice", "Is the oven on?"))
+    for only_system in ([Message(role="system", content="You are Bob.")],
+                        [Message(role="user", content="Hi"), Message(role="assistant", content="Hello"),
+                         Message(role="system", content="Continue.")]):
+        with pytest.raises(ApiError, match=r"^the last message must be the user's, with some text"):
+            chat_lines(only_system, "Bob", "Alice")
+
+
 def test_stop_strings_cut_and_hold_back_exactly():
     assert cut_at_stops("I'll save you the best one. END more", ["END", "zzz"]) == ("I'll save you the best one.", True)
     assert cut_at_stops("no stop here", ["END"]) == ("no stop here", False)
