@@ -69,7 +69,8 @@ def expected(what: str) -> WrapValidator:
 
 
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # "function" is OpenAI's older "tool", still taken there (deprecated).
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Annotated[str | list[dict[str, Any]] | None,
                        expected("a string or a list of content parts ({\"type\": \"text\", \"text\": ...})")] = None
     name: str | None = None

@@ -52,6 +52,9 @@ def test_a_system_message_after_the_users_line_is_left_out():
     system message; that was a 400 ("the last message must be the user's")."""
     messages = [Message(role="user", content="Is the oven on?"), Message(role="system", content="[Stay in character.]")]
     assert chat_lines(messages, "Bob", "Alice") == ([], Line("Alice", "Is the oven on?"))
+    # OpenAI's deprecated "function" role is still its API's (it was a 400 here): left out as "tool" is.
+    messages = [Message(role="function", name="oven", content="{\"on\": true}"), *messages]
+    assert chat_lines(messages, "Bob", "Alice") == ([], Line("Alice", "Is the oven on?"))
     for only_system in ([Message(role="system", content="You are Bob.")],
                         [Message(role="user", content="Hi"), Message(role="assistant", content="Hello"),
                          Message(role="system", content="Continue.")]):
@@ -305,7 +308,8 @@ PARTS = "a string or a list of content parts ({\"type\": \"text\", \"text\": ...
     ("/completions", {"model": "llama", "prompt": [1, 2, 3]}, "prompt", "prompt: expected a string"),
     # OpenAI's param spelling, as our own errors write it (was messages.1.role).
     ("/chat/completions", {"model": "llama", "messages": [*HI, {"role": "wizard", "content": "hi"}]},
-     "messages[1].role", "messages[1].role: Input should be 'system', 'developer', 'user', 'assistant' or 'tool'"),
+     "messages[1].role",
+     "messages[1].role: Input should be 'system', 'developer', 'user', 'assistant', 'tool' or 'function'"),
     # A body that is no JSON object (was "Field required" or "Input should be a valid dictionary ...").
     ("/chat/completions", b"", None, "the request body must be a JSON object (Content-Type: application/json)"),
     ("/chat/completions", b"[1, 2]", None, "the request body must be a JSON object (Content-Type: application/json)"),
