@@ -188,12 +188,6 @@ def banned_next(ids: list[int], n: int) -> set[int]:
     return {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == tail}
 
 
-# Temperatures below this decode greedily, as vLLM's (_SAMPLING_EPS) do: greedy
-# is the limit sampling tends to as the temperature falls, and the logits
-# divided by 1e-300 overflow to infinity, which gave NaN probabilities.
-GREEDY_BELOW = 1e-5
-
-
 @dataclass(frozen=True)
 class Sampling:
     """How the next token is picked.  The defaults are the measuring ones
@@ -205,7 +199,8 @@ class Sampling:
     greedy: bool = True
     """Always the likeliest token; temperature and top_p are then unused."""
     temperature: float = 1.0
-    """Sampling temperature (0, or under GREEDY_BELOW, means greedy)."""
+    """Sampling temperature; 0, or under 1e-5 (vLLM's cut), is greedy: the limit sampling
+    tends to, and logits divided by 1e-300 overflowed to infinity (NaN probabilities)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the likeliest tokens up to this probability."""
     repetition_penalty: float = 1.0
@@ -218,7 +213,7 @@ class Sampling:
 
     @property
     def sampled(self) -> bool:
-        return not self.greedy and self.temperature >= GREEDY_BELOW
+        return not self.greedy and self.temperature >= 1e-5  # see `temperature`
 
     @property
     def reads_history(self) -> bool:
