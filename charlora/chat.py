@@ -214,7 +214,7 @@ class ChatSession:
         line = Line(self.s.user, text)
         if self.budget is not None and self.count_tokens(build_prompt([line], self.s.name)) > self.budget:
             raise ContextTooLong(f"that line is too long for this model: with --max_new_tokens {self.s.sampling.max_new_tokens} "
-                                f"a prompt may have at most {self.budget} tokens")
+                                 f"a prompt may have at most {self.budget} tokens")
         self.history.append(line)
         if self.memory is not None:
             self.memory.record(line)

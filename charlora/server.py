@@ -52,9 +52,9 @@ SESSION_HEADER = "x-charlora-session"
 MAX_BODY_BYTES = 1 << 20
 """Bigger request bodies get 413: a chat that long could not fit the model
 anyway (at most --rounds lines are used).  A body that says its size is
-refused unread (declared_size_limit); one sent in chunks without a Content-Length, once
-this much was read (FastAPI's max_body_size on each POST route, which would
-answer plain text to the first kind: it replaces any response to them)."""
+refused unread (declared_size_limit); one sent in chunks without a
+Content-Length once this much was read (FastAPI's max_body_size on each POST
+route, which alone would answer the first kind in plain text)."""
 
 
 def make_app(engine: Engine):

@@ -16,9 +16,9 @@ from charlora.config import ChatConfig, require_finite
 from charlora.config import check_config as check_chat_config
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError, ContextTooLong
-from charlora.text import strip_controls
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Result, Sampling, chat_lines,
                                  cut_at_stops)
+from charlora.text import strip_controls
 
 
 @dataclass
