@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from charlora.config import ChatConfig, chat_settings, check_config
 from charlora.dialogue import Line
-from charlora.errors import CharloraError, quiet_libraries
+from charlora.errors import CharloraError, ContextTooLong, quiet_libraries
 from charlora.models import max_positions
 from charlora.prompt import build_prompt, fit_context
 from charlora.readers.common import one_line
@@ -213,8 +213,8 @@ class ChatSession:
             raise CharloraError("nothing to say: the line is empty")
         line = Line(self.s.user, text)
         if self.budget is not None and self.count_tokens(build_prompt([line], self.s.name)) > self.budget:
-            raise CharloraError(f"that line is too long for this model: with --max_new_tokens {self.s.sampling.max_new_tokens} "
-                                f"a prompt may have at most {self.budget} tokens")
+            raise ContextTooLong(f"that line is too long for this model: with --max_new_tokens {self.s.sampling.max_new_tokens} "
+                                 f"a prompt may have at most {self.budget} tokens")
         self.history.append(line)
         if self.memory is not None:
             self.memory.record(line)

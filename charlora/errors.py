@@ -6,6 +6,11 @@ class CharloraError(Exception):
     """
 
 
+class ContextTooLong(CharloraError):
+    """A line longer than the model reads: the server's one error that is the
+    request's own (OpenAI's context_length_exceeded); others are the server's."""
+
+
 def quiet_libraries(progress_bars: bool = True) -> None:
     """Keep the terminal for what the user asked for.
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from charlora.config import check_speaker_name
 from charlora.dialogue import Line, parse_line
@@ -37,6 +38,15 @@ class ClientGone(Exception):
     """The client closed the stream: stop generating, write nothing."""
 
 
+def field_path(loc: tuple) -> str:
+    """pydantic's error location ("body", "messages", 0, "role") as OpenAI's
+    `param` writes it, messages[0].role, as our own errors do."""
+    path = ""
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 # ------------------------------------------------------------------ requests
 
 
@@ -45,9 +55,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def expected(what: str) -> WrapValidator:
+    """One error for a field of several shapes: pydantic reports each shape's
+    failure, and the first alone misled ("content.str: Input should be a valid
+    string" for a list of numbers)."""
+    def check(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_type", f"expected {what}") from None
+
+    return WrapValidator(check)
+
+
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    # "function" is OpenAI's older "tool", still taken there (deprecated).
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Annotated[str | list[dict[str, Any]] | None,
+                       expected("a string or a list of content parts ({\"type\": \"text\", \"text\": ...})")] = None
     name: str | None = None
 
 
@@ -65,10 +90,13 @@ class Sampling(Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     repetition_penalty: float | None = Field(None, gt=0, le=10, allow_inf_nan=False)
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
+    # OpenAI takes any 64-bit seed; numpy, which set_seed also seeds, only
+    # 0..2**32-1, so Engine.seed folds it in (a 500 before).
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)
+    # n and stream may be null, as in OpenAI's API (some clients send every field).
+    n: int | None = Field(1, ge=1, le=1)
+    stop: Annotated[str | list[str] | None, expected("a string or a list of strings")] = None
+    stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=200)
 
@@ -78,7 +106,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: Annotated[str | list[str], expected("a string")]
 
 
 def stop_list(stop: str | list[str] | None) -> list[str]:
@@ -110,13 +138,17 @@ def chat_lines(messages: list[Message], name: str, user: str) -> tuple[list[Line
 
     Speakers: a message's `name`, else `user` for user messages and the
     character for assistant ones; a leading `Speaker:` that a client wrote into
-    the content is dropped so it isn't said twice.  System, developer and tool
-    messages are left out: the adapter learned the character from dialogue.
+    the content is dropped so it isn't said twice.  System, developer, tool and
+    function messages are left out wherever they are (SillyTavern's
+    post-history instructions come after the user's line): the adapter learned
+    the character from dialogue.
     """
     lines: list[Line] = []
+    last = None
     for i, m in enumerate(messages):
         if m.role not in ("user", "assistant"):
             continue
+        last = m
         who = speaker(m.name, f"messages[{i}].name") if m.name else (user if m.role == "user" else name)
         text = message_text(m, i)
         parsed = parse_line(text)
@@ -124,8 +156,7 @@ def chat_lines(messages: list[Message], name: str, user: str) -> tuple[list[Line
             text = parsed.text
         if text:
             lines.append(Line(who, text))
-    last = messages[-1]
-    if last.role != "user" or not lines or lines[-1].speaker == name:
+    if last is None or last.role != "user" or not lines or lines[-1].speaker == name:
         raise ApiError(400, "the last message must be the user's, with some text: the character answers it",
                        "messages")
     return lines[:-1], lines[-1]

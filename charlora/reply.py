@@ -199,7 +199,8 @@ class Sampling:
     greedy: bool = True
     """Always the likeliest token; temperature and top_p are then unused."""
     temperature: float = 1.0
-    """Sampling temperature (0 means greedy)."""
+    """Sampling temperature; 0, or under 1e-5 (vLLM's cut), is greedy: the limit sampling
+    tends to, and logits divided by 1e-300 overflowed to infinity (NaN probabilities)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the likeliest tokens up to this probability."""
     repetition_penalty: float = 1.0
@@ -212,7 +213,7 @@ class Sampling:
 
     @property
     def sampled(self) -> bool:
-        return not self.greedy and self.temperature > 0
+        return not self.greedy and self.temperature >= 1e-5  # see `temperature`
 
     @property
     def reads_history(self) -> bool:

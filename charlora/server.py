@@ -43,15 +43,18 @@ from fastapi import Request  # at module level: FastAPI reads the handlers' (str
 # The request shapes and the engine live in their own modules; their names are
 # kept importable from here (serve.py and the tests use them).
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Message,  # noqa: F401
-                                 Sampling, chat_lines, chunk, cut_at_stops, envelope, finish_reason, speaker, sse,
-                                 stop_list, stream_prefix, usage)
+                                 Sampling, chat_lines, chunk, cut_at_stops, envelope, field_path, finish_reason,
+                                 speaker, sse, stop_list, stream_prefix, usage)
 from charlora.server_engine import Engine, ServerConfig, check_config, checked_request  # noqa: F401
 
 USER_HEADERS = ("x-charlora-user", "x-openwebui-user-name")
 SESSION_HEADER = "x-charlora-session"
 MAX_BODY_BYTES = 1 << 20
-"""Bigger request bodies get 413 before they are read: a chat that long
-could not fit the model anyway (at most --rounds lines are used)."""
+"""Bigger request bodies get 413: a chat that long could not fit the model
+anyway (at most --rounds lines are used).  A body that says its size is
+refused unread (declared_size_limit); one sent in chunks without a
+Content-Length once this much was read (FastAPI's max_body_size on each POST
+route, which alone would answer the first kind in plain text)."""
 
 
 def make_app(engine: Engine):
@@ -80,7 +83,7 @@ def make_app(engine: Engine):
         named = req.user or next((unquote(request.headers[h]) for h in USER_HEADERS if request.headers.get(h)), None)
         return speaker(named, "user") if named else c.defaults.user
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", max_body_size=MAX_BODY_BYTES)
     async def chat(req: ChatRequest, request: Request):
         stops = check_model(req)
         user = who(req, request)
@@ -92,7 +95,7 @@ def make_app(engine: Engine):
 
         return await respond(engine, job, req, "chat.completion", stops, request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", max_body_size=MAX_BODY_BYTES)
     async def completions(req: CompletionRequest, request: Request):
         stops = check_model(req)
         user = who(req, request)
@@ -115,17 +118,31 @@ def add_error_handlers(app) -> None:
     async def api_error(request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    def not_json() -> JSONResponse:
+        return JSONResponse(ApiError(400, "the request body is not valid JSON", None, "invalid_json").body(), 400)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = field_path(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            return JSONResponse(ApiError(400, "the request body is not valid JSON", None, "invalid_json").body(), 400)
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-        return JSONResponse(ApiError(400, message, where or None).body(), status_code=400)
+            return not_json()
+        if not where:  # empty, a JSON list or string, or a form: pydantic's "Field required" said nothing useful
+            return JSONResponse(ApiError(400, "the request body must be a JSON object "
+                                              "(Content-Type: application/json)").body(), status_code=400)
+        return JSONResponse(ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", where).body(),
+                            status_code=400)
+
+    def too_large() -> JSONResponse:
+        return JSONResponse(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
+                                     "request_too_large").body(), status_code=413)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
+        if exc.status_code == 413:  # max_body_size, read in chunks
+            return too_large()
+        if exc.status_code == 400:  # FastAPI's only one: a body json.loads failed on not as JSONDecodeError
+            return not_json()       # (bytes that are not UTF-8, nesting past Python's recursion limit)
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), type="invalid_request_error").body(),
                             status_code=exc.status_code)
 
@@ -138,13 +155,19 @@ def add_error_handlers(app) -> None:
         return JSONResponse(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error").body(),
                             status_code=500)
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return JSONResponse(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
-                                         "request_too_large").body(), status_code=413)
-        return await call_next(request)
+    def declared_size_limit(asgi):
+        # Plain ASGI, not @app.middleware("http"): Starlette's BaseHTTPMiddleware
+        # hides a client's hang-up from request.is_disconnected(), so a client
+        # that left went unnoticed and its queued request was generated anyway.
+        async def limited(scope, receive, send):
+            size = dict(scope.get("headers", ())).get(b"content-length", b"")
+            if scope["type"] == "http" and size.isdigit() and int(size) > MAX_BODY_BYTES:
+                return await too_large()(scope, receive, send)
+            await asgi(scope, receive, send)
+
+        return limited
+
+    app.add_middleware(declared_size_limit)
 
 
 async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str], request: Request):
@@ -154,9 +177,6 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
     model_id = engine.c.model_id
     rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
     gone = threading.Event()
-    if not req.stream:
-        result = await engine.run(lambda: job(lambda text: None, gone))
-        return envelope(model_id, rid, kind, result)
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
 
@@ -168,19 +188,16 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
             task.exception()  # retrieved here; a client still listening gets it below
         pieces.put_nowait(None)
 
-    task = asyncio.ensure_future(engine.run(lambda: job(emit, gone)))
+    task = asyncio.ensure_future(engine.run(lambda: job(emit if req.stream else lambda text: None, gone)))
     task.add_done_callback(done)
+    if not req.stream:
+        return envelope(model_id, rid, kind, await unless_gone(task, request, gone))
     # Headers wait for the first piece of the reply, so a request that fails
-    # before it (too long, ...) still gets its own HTTP status; a client
-    # that leaves while its request waits in the queue is noticed here.
+    # before it (too long, ...) still gets its own HTTP status.
     getter = asyncio.ensure_future(pieces.get())
     try:
-        while not (await asyncio.wait({getter}, timeout=0.25))[0]:
-            if await request.is_disconnected():
-                raise ClientGone
-        first = getter.result()
+        first = await unless_gone(getter, request, gone)
     except BaseException:
-        gone.set()
         getter.cancel()
         raise
     if first is None and not task.cancelled() and task.exception() is not None:
@@ -189,6 +206,22 @@ async def respond(engine: Engine, job, req: Sampling, kind: str, stops: list[str
     return StreamingResponse(stream_events(model_id, rid, kind, req, stops, first, pieces, task, gone),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def unless_gone(waited: asyncio.Future, request: Request, gone: threading.Event):
+    """`waited`'s result, looking every 0.25 s whether the client is still
+    there: one that left while its request waited in the queue or generated
+    sets `gone` (the generation stops, its turn is not written) and this
+    raises ClientGone.  Not streamed, nothing else would notice: the reply
+    was generated, and its turn written to memory, for nobody."""
+    try:
+        while not (await asyncio.wait({waited}, timeout=0.25))[0]:
+            if await request.is_disconnected():
+                raise ClientGone
+        return waited.result()
+    except BaseException:
+        gone.set()
+        raise
 
 
 async def stream_events(model_id: str, rid: str, kind: str, req: Sampling, stops: list[str], first: str | None,

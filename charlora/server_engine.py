@@ -15,9 +15,10 @@ from charlora.chat import ChatSession
 from charlora.config import ChatConfig, require_finite
 from charlora.config import check_config as check_chat_config
 from charlora.dialogue import Line, parse_line
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, ContextTooLong
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Result, Sampling, chat_lines,
                                  cut_at_stops)
+from charlora.text import strip_controls
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Engine:
         try:
             return ServedSession(self.model, self.tokenizer, settings, memory)
         except CharloraError as exc:
-            raise ApiError(400, str(exc), "max_tokens") from None
+            raise ApiError(400, in_request_terms(str(exc)), "max_tokens") from None
 
     def user_state(self, user: str, session_name: str) -> UserState:
         """This user's memory and conversation (worker thread only)."""
@@ -154,7 +155,7 @@ class Engine:
         if req.seed is not None:
             from transformers import set_seed
 
-            set_seed(req.seed)
+            set_seed(req.seed % 2**32)  # the same seed, the same reply: folded, not refused
 
     # Both run on the worker thread.
     def chat(self, req: ChatRequest, user: str, session_name: str, emit: Callable[[str], None],
@@ -189,8 +190,8 @@ class Engine:
     def say(self, session: ServedSession, text: str, emit, gone, stops) -> Result:
         try:
             reply = session.say(text, Pipe(emit, gone))
-        except CharloraError as exc:  # the user's line alone is longer than the model reads
-            raise ApiError(400, str(exc), "messages", "context_length_exceeded") from None
+        except ContextTooLong as exc:  # the user's line alone is longer than the model reads
+            raise ApiError(400, in_request_terms(str(exc)), "messages", "context_length_exceeded") from None
         cut, stopped = cut_at_stops(reply.reply, stops)
         if stopped and session.history and session.history[-1].speaker == self.c.name:
             session.history.pop()
@@ -208,7 +209,9 @@ class Engine:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise ApiError(400, "prompt must be one string", "prompt")
-        prompt = prompts[0]
+        # Continued as written, line breaks too, but cleaned as chat lines are: a
+        # lone surrogate (JSON's "\ud800") made the tokenizer fail (a 500).
+        prompt = strip_controls(prompts[0])
         session = self.session(self.settings(req, user))
         # The prompt's own speakers end the reply too, as in a chat.
         session.history = [line for line in map(parse_line, prompt.splitlines()) if line is not None]
@@ -243,15 +246,21 @@ REQUEST_FIELDS = {"--max_new_tokens": "max_tokens", "--temperature": "temperatur
                   "--repetition_penalty": "repetition_penalty", "--user": "user"}
 
 
+def in_request_terms(message: str) -> str:
+    """A ChatSession or check_config message with the request's field names
+    for chat.py's flags: a client never set --max_new_tokens."""
+    for flag, param in REQUEST_FIELDS.items():
+        message = message.replace(flag, param)
+    return message
+
+
 def checked_request(cfg: ChatConfig) -> ChatConfig:
     """A request's settings through check_config, a refusal as a 400 naming the request's field."""
     try:
         return check_chat_config(cfg)
     except CharloraError as exc:
         message = str(exc)
-        flag = message.split(" ", 1)[0]
-        param = REQUEST_FIELDS.get(flag)
-        raise ApiError(400, message.replace(flag, param, 1) if param else message, param) from None
+        raise ApiError(400, in_request_terms(message), REQUEST_FIELDS.get(message.split(" ", 1)[0])) from None
 
 
 def check_config(c: ServerConfig) -> ServerConfig:

@@ -47,6 +47,21 @@ def test_the_last_message_must_be_the_users():
         chat_lines([Message(role="user", name="<script>", content="Hi")], "Bob", "Alice")
 
 
+def test_a_system_message_after_the_users_line_is_left_out():
+    """SillyTavern's post-history instructions follow the user's line as a
+    system message; that was a 400 ("the last message must be the user's")."""
+    messages = [Message(role="user", content="Is the oven on?"), Message(role="system", content="[Stay in character.]")]
+    assert chat_lines(messages, "Bob", "Alice") == ([], Line("Alice", "Is the oven on?"))
+    # OpenAI's deprecated "function" role is still its API's (it was a 400 here): left out as "tool" is.
+    messages = [Message(role="function", name="oven", content="{\"on\": true}"), *messages]
+    assert chat_lines(messages, "Bob", "Alice") == ([], Line("Alice", "Is the oven on?"))
+    for only_system in ([Message(role="system", content="You are Bob.")],
+                        [Message(role="user", content="Hi"), Message(role="assistant", content="Hello"),
+                         Message(role="system", content="Continue.")]):
+        with pytest.raises(ApiError, match=r"^the last message must be the user's, with some text"):
+            chat_lines(only_system, "Bob", "Alice")
+
+
 def test_stop_strings_cut_and_hold_back_exactly():
     assert cut_at_stops("I'll save you the best one. END more", ["END", "zzz"]) == ("I'll save you the best one.", True)
     assert cut_at_stops("no stop here", ["END"]) == ("no stop here", False)
@@ -216,17 +231,145 @@ def test_bad_requests_get_openai_errors_with_the_right_status(served, body, stat
     assert error["param"] == param and error["message"] and error["type"]
 
 
+def post(served, body, path="/chat/completions", **kw):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    return httpx.post(f"{served[0]}{path}", json=body, timeout=60, **kw)
+
+
+def test_any_64_bit_seed_is_taken_and_folded_into_numpys_range(served):
+    """OpenAI takes 64-bit seeds; numpy's seeding refused all but 0..2**32-1 (a 500)."""
+    def reply(seed):  # a new conversation each time (memory is on)
+        r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 1,
+                          "seed": seed, "user": "Seedy"}, headers={"X-Charlora-Session": f"seed {seed}"})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    assert reply(-1) == reply(2**32 - 1)
+    assert reply(2**40 + 7) == reply(7)
+    r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "seed": 2**63})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "seed"
+
+
+def test_a_tiny_temperature_is_greedy_not_nan(served):
+    """temperature 1e-300 divided the logits to infinity: NaN probabilities,
+    then a 400 blaming the model's weights, coded context_length_exceeded."""
+    from charlora.reply import Sampling
+
+    assert not Sampling(greedy=False, temperature=1e-300).sampled and Sampling(greedy=False, temperature=1e-5).sampled
+
+    def reply(temperature):
+        r = post(served, {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "user": "Tiny",
+                          "temperature": temperature}, headers={"X-Charlora-Session": f"t {temperature}"})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    assert reply(1e-300) == reply(5e-324) == reply(0)
+
+
+def test_only_a_too_long_line_is_the_requests_fault(tmp_path, tiny_tokenizers):
+    """A model giving NaN is the server's failure (a 500 by the app's handler),
+    not context_length_exceeded; a too-long line names max_tokens, not chat.py's flag."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import ChatRequest, Engine
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    engine = Engine(model, tiny_tokenizers["llama-like"], ServerConfig(
+        Settings("Bob", "Alice", max_new_tokens=24, greedy=True, temperature=0), model_id="llama"))
+    long = ChatRequest(model="llama", max_tokens=490, messages=[{"role": "user", "content": "hi " * 20}])
+    with pytest.raises(ApiError) as err:
+        engine.chat(long, "Alice", "api", lambda t: None, threading.Event(), [])
+    assert (err.value.status, err.value.code, err.value.message) == (
+        400, "context_length_exceeded", "that line is too long for this model: with max_tokens 490 a prompt may "
+                                        "have at most 22 tokens")
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(CharloraError, match="probabilities are not numbers"):
+        engine.chat(ChatRequest(model="llama", messages=[{"role": "user", "content": "hi"}]), "Alice", "api",
+                    lambda t: None, threading.Event(), [])
+
+
+HI = [{"role": "user", "content": "hi"}]
+PARTS = "a string or a list of content parts ({\"type\": \"text\", \"text\": ...})"
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    # A field of several shapes: one error (pydantic's first shape's said "content.str: ... a valid string").
+    ("/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
+     f"messages[0].content: expected {PARTS}"),
+    ("/chat/completions", {"model": "llama", "messages": [{"role": "user", "content": ["hi"]}]},
+     "messages[0].content", f"messages[0].content: expected {PARTS}"),
+    ("/chat/completions", {"model": "llama", "messages": HI, "stop": [5]}, "stop",
+     "stop: expected a string or a list of strings"),
+    ("/completions", {"model": "llama", "prompt": [1, 2, 3]}, "prompt", "prompt: expected a string"),
+    # OpenAI's param spelling, as our own errors write it (was messages.1.role).
+    ("/chat/completions", {"model": "llama", "messages": [*HI, {"role": "wizard", "content": "hi"}]},
+     "messages[1].role",
+     "messages[1].role: Input should be 'system', 'developer', 'user', 'assistant', 'tool' or 'function'"),
+    # A body that is no JSON object (was "Field required" or "Input should be a valid dictionary ...").
+    ("/chat/completions", b"", None, "the request body must be a JSON object (Content-Type: application/json)"),
+    ("/chat/completions", b"[1, 2]", None, "the request body must be a JSON object (Content-Type: application/json)"),
+    ("/completions", b"null", None, "the request body must be a JSON object (Content-Type: application/json)"),
+])
+def test_malformed_fields_get_one_clear_error(served, path, body, param, message):
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    if isinstance(body, bytes):
+        r = httpx.post(f"{served[0]}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    else:
+        r = post(served, body, path)
+    assert r.status_code == 400
+    assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+
+
+def test_null_is_the_default_for_fields_openai_lets_be_null(served):
+    """n and stream may be null in OpenAI's API; both were a 400."""
+    r = post(served, {"model": "llama", "messages": HI, "n": None, "stream": None, "stop": None, "user": "Nully"})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "chat.completion"
+
+
+def test_a_raw_prompt_is_cleaned_as_chat_lines_are(served):
+    """A lone surrogate in /v1/completions' prompt failed in the tokenizer (a
+    500); the chat path turns it into U+FFFD, and now so does this one."""
+    import httpx2 as httpx  # the HTTP client the openai package itself uses
+
+    def text(raw):
+        r = httpx.post(f"{served[0]}/completions", content=raw, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    prompt = b'{"model": "llama", "max_tokens": 8, "prompt": "Alice:a%sb\\nBob:"}'
+    assert text(prompt % b"\\ud800") == text(prompt % b"\\ufffd") == text(prompt % b"\\ufffd\\u001b[31m")
+
+
 def test_malformed_json_non_finite_numbers_and_huge_bodies(served, client):
     import httpx2 as httpx  # the HTTP client the openai package itself uses
 
     url = f"{served[0]}/chat/completions"
     r = httpx.post(url, content=b'{"model": "llama", "messages": [', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    # Not UTF-8, or nested past the recursion limit: FastAPI's "There was an error parsing the body", no code.
+    for bad in (b'{"model": "llama", "messages": [{"role": "user", "content": "\xff"}]}', b"[" * 100000):
+        r = httpx.post(url, content=bad, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": "the request body is not valid JSON", "type": "invalid_request_error", "param": None,
+            "code": "invalid_json"}
     nan = b'{"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
     r = httpx.post(url, content=nan, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
     r = httpx.post(url, content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    # Sent in chunks, with no Content-Length to refuse it by: it was read whole (a 400 or worse).
+    r = httpx.post(url, content=iter([b"x" * (1 << 16)] * 32), headers={"Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["error"] == {
+        "message": "the request body is over 1048576 bytes", "type": "invalid_request_error", "param": None,
+        "code": "request_too_large"}
     import openai
 
     with pytest.raises(openai.NotFoundError):
@@ -251,6 +394,50 @@ def test_a_client_dropping_mid_stream_leaves_no_half_turn(served, client):
     assert speakers.count("Quinn") >= speakers.count("Bob")
     assert all(not (a == "Bob" and b == "Bob") for a, b in zip(speakers, speakers[1:]))
     assert client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}]).choices
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_while_queued_leaves_no_turn(tmp_path, tiny_tokenizers, stream):
+    """Not streamed, a client that hung up while its request waited in the
+    queue still had its reply generated and its turn written to memory: nothing
+    looked, and the body-size middleware hid the hang-up from anything that did.
+    (Streamed, writing the first piece found the client gone.)"""
+    import json
+
+    import torch
+    import uvicorn
+    from transformers import AutoModelForCausalLM
+
+    from charlora.server import Engine, make_app
+
+    folder = save_tiny_model("llama", tiny_tokenizers["llama-like"], tmp_path / "models")
+    engine = Engine(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
+                    tiny_tokenizers["llama-like"],
+                    ServerConfig(Settings("Bob", "Alice", max_new_tokens=24, greedy=True, temperature=0),
+                                 model_id="llama", memory=MemorySettings(memory_dir=tmp_path / "memory",
+                                                                         recall_method="keyword",
+                                                                         summarizer="extractive")))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(make_app(engine), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    busy = threading.Event()
+    engine.worker.submit(busy.wait)  # the generation thread is taken: the request waits in the queue
+    body = json.dumps({"model": "llama", "user": "Quinn", "stream": stream,
+                       "messages": [{"role": "user", "content": "Hello?"}]})
+    with socket.create_connection(listening.getsockname()) as conn:
+        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        time.sleep(1.0)
+    time.sleep(1.0)  # looked at every 0.25 s
+    busy.set()
+    engine.worker.submit(lambda: None).result()  # what was queued before has run
+    server.should_exit = True
+    thread.join(timeout=20)
+    assert turns(tmp_path, "Quinn") == []
 
 
 def test_concurrent_requests_each_get_their_own_reply_and_memory(served, client):
