@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -271,11 +270,13 @@ def environment() -> dict:
     import torch
     import transformers
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     import sqlite3
 
-    return {"commit": commit, "python": platform.python_version(), "numpy": np.__version__,
+    from charlora.provenance import environment as provenance
+
+    # provenance's commit says "+uncommitted" when the tree differs from it (this file's own
+    # `git rev-parse` did not, so two runs of 52b15ee's code record 0beb287 alone).
+    return {"commit": provenance()["commit"], "python": platform.python_version(), "numpy": np.__version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "bm25s": bm25s.__version__,
             "sqlite": sqlite3.sqlite_version, "threads": torch.get_num_threads(), "cpu": platform.processor(),
             "load_average": [round(x, 1) for x in os.getloadavg()]}

@@ -400,6 +400,7 @@ class VectorCache:
         self.ids = np.zeros(0, dtype=np.int64)
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.n = 0
+        self.distinct = 0  # ids, to size a search's first cut (an id may hold several rows)
         self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
 
     def add(self, ids, vecs: np.ndarray) -> None:
@@ -418,9 +419,11 @@ class VectorCache:
         self.matrix[self.n : need] = vecs
         self.ids[self.n : need] = ids
         self.n = need
+        self.distinct += len(set(ids))
 
     def remove(self, ref: int) -> None:
         where = np.flatnonzero(self.ids[: self.n] == ref)
+        self.distinct -= bool(len(where))
         for i in where[::-1]:  # the last row moves into the hole
             self.n -= 1
             self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
@@ -431,7 +434,9 @@ class VectorCache:
         if not self.n:
             return []
         sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
-        take = min(self.n, k + len(skip))
+        # Twice the rows k ids hold on average: one cut nearly always suffices (each more
+        # is another pass over every row).
+        take = min(self.n, -(-2 * (k + len(skip)) * self.n // max(1, self.distinct)))
         while True:
             # An id may hold several rows (a turn's sentences): widen the cut until it
             # holds k ids, or every row.  Best first, so an id's first row is its best.
