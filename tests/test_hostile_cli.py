@@ -498,3 +498,86 @@ def test_a_dataset_that_is_a_pipe_is_one_line_that_fits_a_dataset(tmp_path, caps
     line = one_error(capsys, lora_finetune.main(["-m", "llama", "--models_dir", str(tmp_path), "-d", str(pipe)]))
     assert line == (f"error: {pipe} is not a regular file (a device, pipe or socket); save what it holds to an "
                     "ordinary file first")
+
+
+# ------------------------------------------------------------- seventh session: export_gguf.py
+
+@pytest.mark.parametrize("target", ["adapter weights", "adapter config", "base config"])
+def test_gguf_onto_a_file_it_reads_is_refused_and_the_file_kept(target, tiny, tmp_path, capsys):
+    """-o naming the adapter's weights or config, or the base's config.json,
+    replaced that file with the GGUF and said "wrote ...", exit 0: the adapter
+    (or the model) was gone."""
+    import shutil
+
+    loras, models = tmp_path / "loras", tmp_path / "models"
+    shutil.copytree(tiny / "loras", loras)
+    shutil.copytree(tiny / "models", models)
+    path = {"adapter weights": loras / "bob" / "adapter_model.safetensors",
+            "adapter config": loras / "bob" / "adapter_config.json",
+            "base config": models / "llama" / "config.json"}[target]
+    before = path.read_bytes()
+    read = {"base config": models / "llama" / "config.json"}.get(target, path)
+    line = one_error(capsys, export_gguf.main(["-l", "bob", "-m", "llama", "--models_dir", str(models),
+                                               "--loras_dir", str(loras), "-o", str(path)]))
+    assert line == (f"error: the output {path} is the input file {read}; writing it would destroy the input: "
+                    "choose another output name")
+    assert path.read_bytes() == before and not list(path.parent.glob(".*partial"))
+
+
+def damaged_lora(tiny: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of loras/ whose bob has one weight damaged as `how` says."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras", loras)
+    weights = loras / "bob" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    if how == "a vector":
+        tensors[key] = tensors[key].reshape(-1)
+    elif how == "NaN":
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
+    elif how == "another rank":
+        tensors[key] = tensors[key][:2]
+    save_file(tensors, weights)
+    return loras
+
+
+LORA_DAMAGE = {
+    "a vector": "the adapter's base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight has shape [192]; "
+                "a LoRA weight is a matrix",
+    "NaN": "the adapter's base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight holds NaN or infinite "
+           "values: the adapter is damaged",
+    "another rank": "the adapter's LoRA weights do not fit together: blk.0.attn_q.weight has lora_A of rank 2 and "
+                    "lora_B of rank 4",
+}
+
+
+@pytest.mark.parametrize("how", list(LORA_DAMAGE))
+def test_a_damaged_lora_weight_is_not_exported(how, tiny, tmp_path, capsys):
+    """Each was written to bob.gguf with exit 0; llama.cpp refused the file (or
+    produced NaN) only when a user loaded it."""
+    loras = damaged_lora(tiny, tmp_path, how)
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "--loras_dir", str(loras)))) == f"error: {LORA_DAMAGE[how]}"
+    assert [p.name for p in (loras / "bob").iterdir() if "gguf" in p.name] == []
+
+
+@pytest.mark.parametrize("value, shown", [("x", "'x'"), (None, "None"), (0, "0"), (2.0, "2.0")])
+def test_a_base_config_with_a_bad_layer_count_is_one_error_line(value, shown, tiny, tmp_path, capsys):
+    """"num_hidden_layers": "x" or missing was a ValueError / KeyError traceback."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny / "models", models)
+    config = json.loads((models / "llama" / "config.json").read_text())
+    if value is None:
+        del config["num_hidden_layers"]
+    else:
+        config["num_hidden_layers"] = value
+    (models / "llama" / "config.json").write_text(json.dumps(config))
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "--models_dir", str(models))))
+    assert line == f"error: the base model's config.json needs a whole \"num_hidden_layers\" of 1 or more, got {shown}"
