@@ -204,6 +204,22 @@ def train_missing(cfg: EvalConfig, log: Callable[[str], None]) -> None:
                   log=log)
 
 
+def input_files(cfg: EvalConfig) -> list[Path]:
+    """The files evaluate.py reads that a --json path could name by mistake: the
+    held-out text, the training dataset, each adapter's config and weights, the
+    base's config and weights.  Folders that are not there add nothing (their
+    own error comes later)."""
+    from charlora import models
+
+    files = [Path(cfg.txtfilename)] + ([Path(cfg.train_dataset)] if cfg.train_dataset else [])
+    loras = models.resolve_dir(cfg.loras_dir, "loras")[0]
+    for name, _ in adapter_names(cfg):
+        files += [folder / f for folder in (loras / name, Path(name))
+                  for f in ("adapter_config.json", "adapter_model.safetensors")]
+    base = models.resolve_dir(cfg.models_dir, "models")[0] / cfg.model_name
+    return files + [base / "config.json"] + (sorted(base.glob("*.safetensors")) if base.is_dir() else [])
+
+
 def training_lines(adapter_dir: Path) -> list[str] | None:
     """Every line the adapter was trained from (its source file, else its replies), for the copying score."""
     import json

@@ -581,3 +581,67 @@ def test_a_base_config_with_a_bad_layer_count_is_one_error_line(value, shown, ti
     (models / "llama" / "config.json").write_text(json.dumps(config))
     line = one_error(capsys, export_gguf.main(gguf_args(tiny, "--models_dir", str(models))))
     assert line == f"error: the base model's config.json needs a whole \"num_hidden_layers\" of 1 or more, got {shown}"
+
+
+# ------------------------------------------------------------- seventh session: evaluate.py
+
+HELD_OUT = "Alice:Hi.\nSir Toby:Hello.\nAlice:Bye.\nSir Toby:Farewell.\n"
+
+
+def eval_args(root: Path, text: Path, *extra: str) -> list[str]:
+    return ["-m", "llama", "--models_dir", str(root / "models"), "--loras_dir", str(root / "loras"), "-t", str(text),
+            "--max_new_tokens", "2", "--dtype", "fp32", "--generate", "1", *extra]
+
+
+@pytest.mark.parametrize("target", ["held-out text", "adapter config", "base weights"])
+def test_evaluate_json_onto_a_file_it_reads_is_refused_before_the_run(target, tiny, tmp_path, capsys):
+    """--json naming the held-out text (-t) or the adapter's config replaced it
+    with the results, exit 0: the text, or the adapter, was gone."""
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "root")
+    root = tmp_path / "root"
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    path = {"held-out text": text, "adapter config": root / "loras" / "bob" / "adapter_config.json",
+            "base weights": root / "models" / "llama" / "model.safetensors"}[target]
+    before = path.read_bytes()
+    line = one_error(capsys, evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(path))))
+    assert line == (f"error: the output {path} is the input file {path}; writing it would destroy the input: "
+                    "choose another output name")
+    assert path.read_bytes() == before
+
+
+def evaluate_main(argv: list[str]) -> int:
+    import evaluate
+
+    return evaluate.main(argv)
+
+
+def test_evaluate_reads_name_as_prepare_dataset_does(tiny, tmp_path, capsys):
+    """`-n "Sir  Toby"` made prepare_dataset.py's samples (it cleans the name as
+    its readers clean speakers) but evaluate.py said "no line by 'Sir  Toby'";
+    `-n " "` said "no line by ' '"."""
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    assert evaluate_main(eval_args(tiny, text, "-n", " Sir  Toby ", "--examples", "0")) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("base ")
+    assert one_error(capsys, evaluate_main(eval_args(tiny, text, "-n", " \t"))) == \
+        "error: --name needs a character's name, got ' \\t'"
+
+
+def test_an_output_that_is_a_pipe_through_proc_is_refused():
+    """/dev/stdout on a pipe resolves to /proc/<pid>/fd/pipe:[N], a name that
+    does not exist: evaluate.py --json /dev/stdout | jq ran the whole evaluation
+    and then failed with "No such file or directory"."""
+    from charlora.errors import CharloraError
+    from charlora.files import output_target
+
+    read, write = os.pipe()
+    try:
+        with pytest.raises(CharloraError, match=r"it is not a regular file \(a pipe, device or socket\)"):
+            output_target(f"/proc/self/fd/{write}")
+    finally:
+        os.close(read)
+        os.close(write)
