@@ -3,6 +3,7 @@
 replaced by a failed run.  Tiny models built from config (conftest.py)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -645,3 +646,142 @@ def test_an_output_that_is_a_pipe_through_proc_is_refused():
     finally:
         os.close(read)
         os.close(write)
+
+
+# ------------------------------------------------------------- seventh session: chat.py
+
+class Stdin:
+    """Piped lines for chat.py; `before(n)` runs as the n-th line (0-based) is read."""
+
+    def __init__(self, lines: list[str], before=None):
+        self.lines, self.before, self.n = list(lines), before, 0
+
+    def isatty(self) -> bool:
+        return False
+
+    def readline(self) -> str:
+        if self.before is not None:
+            self.before(self.n)
+        self.n += 1
+        return self.lines.pop(0) + "\n" if self.lines else ""
+
+
+def chat_pipe(tiny: Path, capsys, monkeypatch, lines: list[str], *extra: str, before=None) -> tuple[int, str, str]:
+    import chat
+
+    monkeypatch.setattr("sys.stdin", Stdin(lines, before))
+    rc = chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(tiny / "loras"), "-l", "bob",
+                    "-n", "Bob", "-u", "Alice", "--max_new_tokens", "4", "--greedy", "--dtype", "fp32", "--json", *extra])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+def test_piped_chat_skips_a_line_of_escapes_and_stops_at_a_mistake(tiny, capsys, monkeypatch):
+    """From a pipe a mistake was logged and the chat went on with exit 0: a
+    script saw status 0 and one reply fewer than its lines, every later reply
+    on the wrong line.  A line of escape sequences alone, which shows nothing,
+    was such a mistake ("nothing to say"); it is skipped like a blank line."""
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["\x1b[2J\x1b]0;t\x07\x01", "Hello", "a" * 200_000, "More"])
+    assert rc == 2
+    assert [json.loads(row)["user"] for row in out.splitlines()] == ["Hello"]
+    assert err.strip().splitlines()[-1] == ("error: that line is too long for this model: with --max_new_tokens 4 "
+                                            "a prompt may have at most 508 tokens")
+    assert "nothing to say" not in err
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["/bogus", "Hello"])
+    assert (rc, out) == (2, "")
+    assert err.strip().splitlines()[-1].startswith("error: unknown command /bogus; commands: /reset")
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
+    ('[{"speaker": "A", "text": "x"}, ' + "1" * 5000 + "]",
+     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+])
+def test_load_of_pathological_json_is_one_error(content, problem, tmp_path):
+    """A RecursionError or ValueError traceback ended the chat."""
+    from charlora.chat import load_history
+    from charlora.errors import CharloraError
+
+    path = tmp_path / "h.json"
+    path.write_text(content)
+    with pytest.raises(CharloraError) as info:
+        load_history(path)
+    assert str(info.value) == f"{path} is not valid JSON ({problem})"
+
+
+def memory_session(tiny_llama, tiny_tokenizers, tmp_path, **settings):
+    """Bob talking with Alice, memory in tmp_path/memory; replies are "Aye." without the model."""
+    from charlora.chat import ChatSession, Settings
+    from charlora.memory import ChatMemory, MemorySettings
+
+    s = ChatSession(tiny_llama, tiny_tokenizers["llama-like"], Settings("Bob", "Alice", rounds=2, max_new_tokens=3))
+    s.memory = ChatMemory.open(MemorySettings(memory_dir=tmp_path / "memory", **settings), "Bob", "Alice",
+                               count_tokens=s.count_tokens)
+    s.generate = lambda prompt, stream=None: ("Aye.", "eos")
+    return s
+
+
+def test_forget_and_remember_with_hostile_arguments(tiny_llama, tiny_tokenizers, tmp_path):
+    """/forget t<30 digits> was an OverflowError traceback (past SQLite's
+    integers); /remember kept escape sequences as a fact, and a 200,000-character
+    fact that, as the newest, pushed every older fact out of the prompt."""
+    from charlora.chat import handle_command
+    from charlora.errors import CharloraError
+
+    s = memory_session(tiny_llama, tiny_tokenizers, tmp_path)
+    log: list[str] = []
+    with pytest.raises(CharloraError, match=f"^no item t{'9' * 30} in this memory$"):
+        handle_command(s, f"/forget t{'9' * 30}", log.append)
+    handle_command(s, "/remember my dog is called Rex", log.append)
+    with pytest.raises(CharloraError, match=r"^/remember needs a fact, e.g. /remember my sister is called Ana$"):
+        handle_command(s, "/remember \x1b[31m\x07", log.append)
+    with pytest.raises(CharloraError, match=r"^that fact is \d+ tokens with its heading, more than --facts_tokens 64 "
+                                            "lets into the prompt; say it shorter$"):
+        handle_command(s, "/remember " + "x" * 200_000, log.append)
+    assert log == ["(remembered as f1)"]
+    assert [f.text for f in s.memory.store.facts()] == ["my dog is called Rex"]
+    s.say("Hello")
+    assert "(What Alice has told Bob: my dog is called Rex)" in s.prompt()
+
+
+def test_a_memory_file_that_refuses_writes_is_one_error_and_keeps_step(tiny_llama, tiny_tokenizers, tmp_path):
+    """A read-only (or full) memory file was an sqlite3.OperationalError
+    traceback that ended the chat; the line was in the conversation but not in
+    the file, so /forget and the summary's turn ids pointed at the wrong lines."""
+    from charlora.errors import CharloraError
+
+    s = memory_session(tiny_llama, tiny_tokenizers, tmp_path)
+    s.say("Hello")
+    s.memory.store.db.execute("PRAGMA query_only = ON")  # writes fail as on a read-only file
+    path = tmp_path / "memory" / "Bob--Alice.sqlite"
+    with pytest.raises(CharloraError) as info:
+        s.say("Are you there?")
+    assert str(info.value) == (f"cannot write memory file {path} (attempt to write a readonly database); "
+                               "this was not remembered")
+    with pytest.raises(CharloraError, match="attempt to write a readonly database"):
+        s.reset()
+    assert [l.text for l in s.history] == ["Hello", "Aye."] and len(s.memory.ids) == 2
+    s.memory.store.db.execute("PRAGMA query_only = OFF")
+    s.say("Now?")
+    assert [t.text for t in s.memory.store.turns()] == ["Hello", "Aye.", "Now?", "Aye."]
+    assert s.memory.ids == [t.id for t in s.memory.store.turns()]
+
+
+def test_a_memory_folder_deleted_mid_chat_ends_a_piped_chat(tiny, tmp_path, capsys, monkeypatch):
+    """SQLite kept writing into the deleted file: every later turn went
+    nowhere, without a word, exit 0."""
+    import shutil
+
+    memory = tmp_path / "memory"
+
+    def delete(n: int) -> None:
+        if n == 1:
+            shutil.rmtree(memory)
+
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["Hello", "Still there?"], "--memory_dir", str(memory),
+                             "--embedder", "none", "--summarizer", "extractive", before=delete)
+    assert rc == 2 and [json.loads(row)["user"] for row in out.splitlines()] == ["Hello"]
+    assert err.strip().splitlines()[-1] == (
+        f"error: memory file {memory / 'Bob--Alice.sqlite'} was deleted or replaced during this chat; nothing more "
+        "can be remembered in it (/save FILE keeps the conversation; start chat.py again for a new memory file)")

@@ -20,9 +20,16 @@ turns, once per chat run.
 
 Embeddings are kept in memory too (VectorCache): read from the file once,
 then kept in step with every write, so recall never re-reads the vectors.
+
+Every write goes through `_write` or `transaction`, which check first that
+the file is still the one opened (a memory folder deleted mid-chat took every
+later turn into an unlinked file without a word) and turn SQLite's errors
+(read-only, disk full) into one CharloraError naming the file.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -159,6 +166,39 @@ class MemoryStore:
         except BaseException:
             self.db.close()
             raise
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_in_place(self) -> None:
+        if self._file_identity() != self._identity:
+            raise CharloraError(f"memory file {self.path} was deleted or replaced during this chat; nothing more "
+                                "can be remembered in it (/save FILE keeps the conversation; start chat.py again "
+                                "for a new memory file)")
+
+    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
+        """One write statement (committed on its own unless inside `transaction`)."""
+        self._check_in_place()
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Writes that land together or not at all."""
+        self._check_in_place()
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                yield
+        except sqlite3.Error as exc:
+            raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
 
     def _check(self) -> int:
         """The schema version of an existing file, read without writing to it;
@@ -231,14 +271,14 @@ class MemoryStore:
             while self.db.execute("SELECT 1 FROM sessions WHERE name = ?", (name,)).fetchone():
                 n += 1
                 name = f"{base}-{n}"
-        cur = self.db.execute("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        cur = self._write("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
         return cur.lastrowid, name, False
 
     # --------------------------------------------------------------- turns
 
     def add_turn(self, session_id: int, line: Line, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        cur = self.db.execute("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
+        cur = self._write("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
                               (session_id, line.speaker, line.text, now))
         return cur.lastrowid
 
@@ -257,7 +297,7 @@ class MemoryStore:
 
     def delete_turn(self, turn_id: int) -> bool:
         self._drop_cached("turn", turn_id)
-        return self.db.execute("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
+        return self._write("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
 
     # ------------------------------------------------------------ summaries
 
@@ -276,7 +316,7 @@ class MemoryStore:
         old = self.summary(session_id)
         if old is not None:  # the trigger drops its stored vector; the cached one goes too
             self._drop_cached("summary", old.id)
-        self.db.execute("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
+        self._write("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
                         "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
                         "method = excluded.method, updated = excluded.updated",
@@ -286,7 +326,7 @@ class MemoryStore:
         """Empty a summary but keep the range it covered, so the lines it
         summarized are not folded into the next summary again."""
         self._drop_cached("summary", summary_id)
-        return self.db.execute("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
+        return self._write("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
                                (summary_id,)).rowcount > 0
 
     # ---------------------------------------------------------------- facts
@@ -294,7 +334,7 @@ class MemoryStore:
     def add_fact(self, text: str, turn_id: int | None = None, now: float | None = None) -> int | None:
         """The new fact's id, or None when the same text is already kept."""
         now = time.time() if now is None else now
-        cur = self.db.execute("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
+        cur = self._write("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
                               (text, turn_id, now))
         return cur.lastrowid if cur.rowcount else None
 
@@ -302,7 +342,7 @@ class MemoryStore:
         return [Fact(*r) for r in self.db.execute("SELECT id, text, created FROM facts ORDER BY id")]
 
     def delete_fact(self, fact_id: int) -> bool:
-        return self.db.execute("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
+        return self._write("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
 
     # ---------------------------------------------------------- keyword search
 
@@ -333,8 +373,7 @@ class MemoryStore:
     def add_vectors(self, kind: str, model: str, items: dict[int, np.ndarray]) -> None:
         if not items:
             return
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.transaction():
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
                                 [(kind, ref, model, np.asarray(v, dtype=np.float32).tobytes())
                                  for ref, v in items.items()])
