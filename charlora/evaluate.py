@@ -344,6 +344,8 @@ def summary_lines(summ: dict, n: int) -> str:
     """The summary's scores in words, with ± standard deviation over seeds."""
     def fmt(key, scale=100.0, unit="%", sign="+", digits=1):
         mean, sd = summ[key]
+        if math.isnan(mean):  # --others 0, --generate 0, no other speaker, training text unknown: was "+nan%"
+            return "not measured"
         return f"{scale * mean:{sign}.{digits}f}{unit}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
 
     return (f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "

@@ -785,3 +785,17 @@ def test_a_memory_folder_deleted_mid_chat_ends_a_piped_chat(tiny, tmp_path, caps
     assert err.strip().splitlines()[-1] == (
         f"error: memory file {memory / 'Bob--Alice.sqlite'} was deleted or replaced during this chat; nothing more "
         "can be remembered in it (/save FILE keeps the conversation; start chat.py again for a new memory file)")
+
+
+def test_evaluate_says_not_measured_instead_of_nan(tiny, tmp_path, capsys):
+    """A held-out text where only the character speaks (or --others 0,
+    --generate 0) printed "other speakers: +nan%; specificity +nan pt ...
+    attribution AUC nan" in the summary."""
+    text = tmp_path / "held.txt"
+    text.write_text("Bob:Hello.\nBob:Again.\n")
+    assert evaluate_main(eval_args(tiny, text, "-n", "Bob", "-l", "bob", "--generate", "0", "--examples", "0")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3:] == ["character loss change: +0.0%; other speakers: not measured; specificity not measured "
+                       "(text tokens alone not measured); attribution AUC not measured",
+                       "clean endings not measured; replies repeating a 4-gram not measured; sharing an 8-gram with "
+                       "training not measured"]
