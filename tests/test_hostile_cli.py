@@ -799,3 +799,39 @@ def test_evaluate_says_not_measured_instead_of_nan(tiny, tmp_path, capsys):
                        "(text tokens alone not measured); attribution AUC not measured",
                        "clean endings not measured; replies repeating a 4-gram not measured; sharing an 8-gram with "
                        "training not measured"]
+
+
+def test_two_chats_on_one_session_are_refused_but_other_sessions_share_the_file(tmp_path):
+    """Two chats with the same --session both wrote into it, each blind to the
+    other's lines: the session became two conversations shuffled together.
+    A child process holds the session here, as a second chat.py would (locks
+    of one process never exclude each other)."""
+    import subprocess
+    import sys
+
+    from charlora.errors import CharloraError
+    from charlora.memory import MemoryStore
+
+    path = tmp_path / "Bob--Alice.sqlite"
+    MemoryStore(path, "Bob", "Alice").close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from charlora.memory import MemoryStore; "
+         f"s = MemoryStore({str(path)!r}, 'Bob', 'Alice'); s.session('evening'); print('held', flush=True); "
+         "input(); s.session(None); print('reset', flush=True); input()"],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        store = MemoryStore(path, "Bob", "Alice")
+        with pytest.raises(CharloraError) as info:
+            store.session("evening")
+        assert str(info.value) == (f"session 'evening' is open in another chat on {path}; leave that chat first, "
+                                   "or give another --session")
+        assert store.session("morning")[1:] == ("morning", False)  # another session of the same file: fine
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "reset\n"  # /reset lets go of the session it left
+        assert store.session("evening")[1:] == ("evening", True)
+        store.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

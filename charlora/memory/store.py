@@ -21,6 +21,12 @@ turns, once per chat run.
 Embeddings are kept in memory too (VectorCache): read from the file once,
 then kept in step with every write, so recall never re-reads the vectors.
 
+A session is locked while a chat has it (an OS lock on one byte of
+`<file>.lock`, at the session's id, gone with the process even if killed):
+two chats on one --session wrote their lines into one conversation, each
+blind to the other's, and each resumed the mix.  Other sessions of the same
+file may be open at once (WAL).
+
 Every write goes through `_write` or `transaction`, which check first that
 the file is still the one opened (a memory folder deleted mid-chat took every
 later turn into an unlinked file without a word) and turn SQLite's errors
@@ -150,6 +156,8 @@ class MemoryStore:
             raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
         make_folder(self.path.parent, "; give --memory_dir a folder")
         self._cache: dict[tuple[str, str], VectorCache] = {}
+        self._lock_fd: int | None = None
+        self._held: int | None = None
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0
         try:
             # isolation_level=None: every statement commits on its own unless a
@@ -254,6 +262,27 @@ class MemoryStore:
 
     def close(self) -> None:
         self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # lets go of the session's lock
+            self._lock_fd = self._held = None
+
+    def _hold(self, session_id: int, name: str) -> None:
+        """Lock `session_id` for this chat (and let go of the one held before)."""
+        from charlora.guards import try_lock, unlock
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try_lock(self._lock_fd, offset=session_id)
+        except BlockingIOError:
+            raise CharloraError(f"session {name!r} is open in another chat on {self.path}; leave that chat first, "
+                                "or give another --session") from None
+        except OSError as exc:
+            raise CharloraError(f"cannot write {lock}: {exc.strerror or exc}") from None
+        if self._held is not None and self._held != session_id:
+            unlock(self._lock_fd, self._held)
+        self._held = session_id
 
     # ------------------------------------------------------------ sessions
 
@@ -264,6 +293,7 @@ class MemoryStore:
         if name is not None:
             row = self.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
             if row is not None:
+                self._hold(row[0], name)
                 return row[0], name, True
         else:
             base = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(now))
@@ -272,6 +302,7 @@ class MemoryStore:
                 n += 1
                 name = f"{base}-{n}"
         cur = self._write("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        self._hold(cur.lastrowid, name)
         return cur.lastrowid, name, False
 
     # --------------------------------------------------------------- turns
@@ -279,7 +310,7 @@ class MemoryStore:
     def add_turn(self, session_id: int, line: Line, now: float | None = None) -> int:
         now = time.time() if now is None else now
         cur = self._write("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
-                              (session_id, line.speaker, line.text, now))
+                          (session_id, line.speaker, line.text, now))
         return cur.lastrowid
 
     def turns(self, session_id: int | None = None) -> list[Turn]:
