@@ -15,7 +15,7 @@ from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
 from charlora.memory.retrieve import retrieve
-from charlora.memory.store import VectorCache
+from charlora.memory.vectors import VectorCache
 from test_memory import Clock, HashEmbedder, words
 
 # Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).

@@ -18,7 +18,7 @@ schema version, PRAGMA quick_check), so a damaged or foreign file is refused
 exactly as it was found.  quick_check reads every page: about 0.1 s per 100k
 turns, once per chat run.
 
-Embeddings are kept in memory too (VectorCache): read from the file once,
+Embeddings are kept in memory too (vectors.VectorCache): read from the file once,
 then kept in step with every write, so recall never re-reads the vectors.
 
 A session is locked while a chat has it (an OS lock on one byte of
@@ -47,6 +47,7 @@ import numpy as np
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.files import make_folder
+from charlora.memory.vectors import VectorCache
 
 SCHEMA_VERSION = 2
 
@@ -429,48 +430,3 @@ class MemoryStore:
         for (k, _), cache in self._cache.items():
             if k == kind:
                 cache.remove(ref)
-
-
-class VectorCache:
-    """Unit vectors and their ids in one growing matrix: appending is amortized
-    O(1) (capacity doubles), a search is one matrix-vector product."""
-
-    def __init__(self) -> None:
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
-        self.n = 0
-        self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
-
-    def add(self, ids, vecs: np.ndarray) -> None:
-        vecs = np.asarray(vecs, dtype=np.float32)
-        if self.matrix.shape[1] != vecs.shape[1]:
-            self.matrix = np.zeros((0, vecs.shape[1]), dtype=np.float32)
-            self.n = 0
-        need = self.n + len(vecs)
-        if need > len(self.matrix):
-            cap = max(need, 2 * len(self.matrix), 64)
-            grown = np.zeros((cap, vecs.shape[1]), dtype=np.float32)
-            grown[: self.n] = self.matrix[: self.n]
-            grown_ids = np.zeros(cap, dtype=np.int64)
-            grown_ids[: self.n] = self.ids[: self.n]
-            self.matrix, self.ids = grown, grown_ids
-        self.matrix[self.n : need] = vecs
-        self.ids[self.n : need] = ids
-        self.n = need
-
-    def remove(self, ref: int) -> None:
-        where = np.flatnonzero(self.ids[: self.n] == ref)
-        for i in where[::-1]:  # the last row moves into the hole
-            self.n -= 1
-            self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
-
-    def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[tuple[int, float]]:
-        """[(id, cosine)] of the `k` nearest, best first, ids in `skip` left out."""
-        if not self.n:
-            return []
-        sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
-        take = min(self.n, k + len(skip))
-        top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        out = [(int(self.ids[i]), float(sims[i])) for i in top if int(self.ids[i]) not in skip]
-        return out[:k]
