@@ -835,3 +835,18 @@ def test_two_chats_on_one_session_are_refused_but_other_sessions_share_the_file(
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def test_a_fact_too_long_for_the_budget_does_not_hide_the_older_ones(tmp_path):
+    """A fact found in what the user said (up to 200 characters) that is over
+    --facts_tokens alone stopped the walk from the newest fact back: no fact
+    reached any prompt again."""
+    from charlora.memory import ChatMemory, MemorySettings
+
+    words = lambda text: len(text.split())  # one token a word
+    mem = ChatMemory.open(MemorySettings(memory_dir=tmp_path, facts_tokens=12), "Bob", "Alice", count_tokens=words)
+    mem.store.add_fact("My dog is called Rex.")
+    mem.store.add_fact("My favourite " + "very " * 30 + "long word is this one.")
+    items = mem.items("", [])
+    assert [(i.ref, i.line.text) for i in items] == [("f1", "(What Alice has told Bob: My dog is called Rex.)")]
+    mem.store.close()

@@ -169,6 +169,8 @@ class ChatMemory:
                                 self.count_tokens(line.text), 3.0))
         facts: list[tuple[int, str]] = []  # the newest that fit, kept oldest first
         for fact in reversed(self.store.facts()):
+            if self.count_tokens(self._facts_line([fact.text])) > self.s.facts_tokens:
+                continue  # never fits: stopping at it hid every older fact from every prompt
             if self.count_tokens(self._facts_line([fact.text] + [t for _, t in facts])) > self.s.facts_tokens:
                 break
             facts.insert(0, (fact.id, fact.text))
