@@ -9,7 +9,7 @@ You speak as --user, the model answers as --name.  Prompts are the last
 trained on; a reply ends at end-of-sequence, at a newline, or before the model
 starts another speaker's `Name:`.  Commands: /reset, /save FILE, /load FILE,
 /quit.  With stdin not a terminal, every input line is one turn and every reply
-one output line.
+one output line, and a mistake ends the chat with status 2.
 
 With --memory (or --session NAME, or --memory_dir DIR) every line is saved as
 it is said in memory/<name>--<user>.sqlite, and each prompt carries a summary

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from charlora.cli import USER_ERROR
 from charlora.config import ChatConfig, chat_settings, check_config
 from charlora.dialogue import Line
 from charlora.errors import CharloraError, ContextTooLong, quiet_libraries
@@ -89,6 +90,10 @@ def load_history(path: str | Path) -> list[Line]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CharloraError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:  # [[[[... : a traceback, as was an integer of 5,000 digits
+        raise CharloraError(f"{path} is not valid JSON (nested too deeply to read)") from None
+    except ValueError as exc:  # Python refuses to convert an integer of over 4,300 digits
+        raise CharloraError(f"{path} is not valid JSON ({str(exc).split(';')[0]})") from None
     return history_from_json(data, str(path))
 
 
@@ -199,15 +204,17 @@ class ChatSession:
 
     def reset(self) -> None:
         """Start over; with memory a new session begins (the old one stays in long-term memory)."""
-        self.history.clear()
         if self.memory is not None:
-            self.memory.new_session()
+            self.memory.new_session()  # first: if the file refuses it, the conversation stays as it was
+        self.history.clear()
 
     def say(self, text: str, stream: TextIO | None = None) -> Reply:
         """The user's line in, the character's reply out; both join the history
         (an empty reply does not: the next prompt simply has the user speak again).
         With memory the user's line is saved before the reply is generated and
-        stays, interrupted or not: nothing said is lost."""
+        stays, interrupted or not: nothing said is lost.  Each line joins the
+        history only once the memory file has it, so a file that can't be
+        written (CharloraError) leaves history and memory in step."""
         text = clean_line(one_line(text))
         if not text:
             raise CharloraError("nothing to say: the line is empty")
@@ -215,9 +222,9 @@ class ChatSession:
         if self.budget is not None and self.count_tokens(build_prompt([line], self.s.name)) > self.budget:
             raise ContextTooLong(f"that line is too long for this model: with --max_new_tokens {self.s.sampling.max_new_tokens} "
                                  f"a prompt may have at most {self.budget} tokens")
-        self.history.append(line)
         if self.memory is not None:
             self.memory.record(line)
+        self.history.append(line)
         try:
             reply, ended_by = self.generate_pcw(stream) if self.s.pcw else self.generate(self.prompt(), stream)
         except BaseException:
@@ -225,9 +232,9 @@ class ChatSession:
                 self.history.pop()  # interrupted: as if the line was never said
             raise
         if reply:
-            self.history.append(Line(self.s.name, reply))
             if self.memory is not None:
-                self.memory.record(self.history[-1])
+                self.memory.record(Line(self.s.name, reply))
+            self.history.append(Line(self.s.name, reply))
         return Reply(text, reply, ended_by)
 
 
@@ -284,7 +291,7 @@ def commands(session: ChatSession) -> str:
 
 def handle_command(session: ChatSession, line: str, log: Callable[[str], None]) -> None:
     """/reset, /save FILE, /load FILE, /quit, and with memory /memory, /forget
-    ITEM, /remember TEXT; a mistake is reported, not fatal."""
+    ITEM, /remember TEXT; a mistake is a CharloraError, which turn() reports."""
     command, _, arg = line.partition(" ")
     arg = arg.strip()
     memory = session.memory
@@ -293,32 +300,34 @@ def handle_command(session: ChatSession, line: str, log: Callable[[str], None]) 
     if memory is not None and command == "/memory":
         for row in memory.describe():
             log(row)
-    elif memory is not None and command in ("/forget", "/remember") and not arg:
-        log(f"error: {command} needs " + ("an item from /memory, e.g. /forget t12" if command == "/forget"
-                                          else "a fact, e.g. /remember my sister is called Ana"))
+    elif memory is not None and command == "/forget" and not arg:
+        raise CharloraError("/forget needs an item from /memory, e.g. /forget t12")
     elif memory is not None and command == "/forget":
         log(memory.forget(arg, session.history))
     elif memory is not None and command == "/remember":
-        fact_id = memory.store.add_fact(one_line(arg))
-        log(f"(remembered as f{fact_id})" if fact_id else "(already remembered)")
+        log(memory.remember(arg))
     elif command == "/reset":
         session.reset()
         log("(conversation cleared)" if memory is None else f"(conversation cleared; new session {memory.session_name!r})")
     elif command in ("/save", "/load") and not arg:
-        log(f"error: {command} needs a file name, e.g. {command} chat.json")
+        raise CharloraError(f"{command} needs a file name, e.g. {command} chat.json")
     elif command == "/save":
         save_history(session.history, arg)
         log(f"(saved {len(session.history)} lines to {arg})")
     elif command == "/load":
-        session.history = load_history(arg)
-        if memory is not None:
+        lines = load_history(arg)
+        if memory is None:
+            session.history = lines
+        else:  # line by line, as say() does: a file that stops taking them leaves history and memory in step
             memory.new_session()
-            for loaded in session.history:
+            session.history = []
+            for loaded in lines:
                 memory.record(loaded)
+                session.history.append(loaded)
         log(f"(loaded {len(session.history)} lines from {arg})")
     else:
-        log(f"error: unknown command {command}; commands: {commands(session)} "
-            "(start a line with // to say something starting with /)")
+        raise CharloraError(f"unknown command {command}; commands: {commands(session)} "
+                            "(start a line with // to say something starting with /)")
 
 
 
@@ -402,8 +411,12 @@ def converse(cfg: ChatConfig, session: ChatSession, stdin: TextIO, stdout: TextI
 
 def turn(session: ChatSession, text: str, term: Terminal, emit: Callable[[Reply], None],
          log: Callable[[str], None]) -> int | None:
-    """One input line: a command or a line said -> an exit status, or None to go on."""
-    if not text:
+    """One input line: a command or a line said -> an exit status, or None to go on.
+
+    A mistake is one `error:` line; at a terminal the chat goes on, from a
+    pipe it ends with status 2: a script can't read the error between the
+    replies, and a turn left out shifted every later reply onto the wrong line."""
+    if not clean_line(one_line(text)):  # blank, or only escape sequences and controls: nothing said
         return None
     started = False
     try:
@@ -422,7 +435,7 @@ def turn(session: ChatSession, text: str, term: Terminal, emit: Callable[[Reply]
         if started:
             term.write("\n")
         log(f"error: {exc}")
-        return None
+        return None if term.interactive else USER_ERROR
     except KeyboardInterrupt:
         if started:
             term.write("\n")

@@ -225,6 +225,13 @@ def _check_chat(cfg: ChatConfig) -> ChatConfig:
 
 
 def _check_eval(cfg: EvalConfig) -> EvalConfig:
+    from charlora.text import clean_speaker
+
+    # as prepare_dataset.py cleans --name (samples.parse_names): `-n "Sir  Toby"`
+    # made the samples there and found no line here
+    name = clean_speaker(cfg.name)
+    if not name:
+        raise CharloraError(f"--name needs a character's name, got {cfg.name!r}")
     require_finite("--cutoff_len", cfg.cutoff_len, 8)  # as training refuses it
     for flag in ("generate", "others", "examples"):
         require_finite(f"--{flag}", getattr(cfg, flag), 0)
@@ -234,7 +241,7 @@ def _check_eval(cfg: EvalConfig) -> EvalConfig:
         raise CharloraError("--seeds needs -l NAME: the adapters are NAME-seed1 ... NAME-seedN")
     if cfg.train_dataset and not cfg.seeds:
         raise CharloraError("--train_dataset trains the adapters of --seeds N; give --seeds too")
-    return cfg
+    return replace(cfg, name=name)
 
 
 def check_config(cfg: C) -> C:

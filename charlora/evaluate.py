@@ -204,6 +204,22 @@ def train_missing(cfg: EvalConfig, log: Callable[[str], None]) -> None:
                   log=log)
 
 
+def input_files(cfg: EvalConfig) -> list[Path]:
+    """The files evaluate.py reads that a --json path could name by mistake: the
+    held-out text, the training dataset, each adapter's config and weights, the
+    base's config and weights.  Folders that are not there add nothing (their
+    own error comes later)."""
+    from charlora import models
+
+    files = [Path(cfg.txtfilename)] + ([Path(cfg.train_dataset)] if cfg.train_dataset else [])
+    loras = models.resolve_dir(cfg.loras_dir, "loras")[0]
+    for name, _ in adapter_names(cfg):
+        files += [folder / f for folder in (loras / name, Path(name))
+                  for f in ("adapter_config.json", "adapter_model.safetensors")]
+    base = models.resolve_dir(cfg.models_dir, "models")[0] / cfg.model_name
+    return files + [base / "config.json"] + (sorted(base.glob("*.safetensors")) if base.is_dir() else [])
+
+
 def training_lines(adapter_dir: Path) -> list[str] | None:
     """Every line the adapter was trained from (its source file, else its replies), for the copying score."""
     import json
@@ -328,6 +344,8 @@ def summary_lines(summ: dict, n: int) -> str:
     """The summary's scores in words, with ± standard deviation over seeds."""
     def fmt(key, scale=100.0, unit="%", sign="+", digits=1):
         mean, sd = summ[key]
+        if math.isnan(mean):  # --others 0, --generate 0, no other speaker, training text unknown: was "+nan%"
+            return "not measured"
         return f"{scale * mean:{sign}.{digits}f}{unit}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
 
     return (f"character loss change: {fmt('character_loss_change')}; other speakers: {fmt('others_loss_change')}; "

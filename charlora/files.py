@@ -59,7 +59,10 @@ def output_target(path: str | Path) -> Path:
     path = Path(path)
     real = Path(os.path.realpath(path))
     try:
-        st = real.stat()
+        # the path itself, followed: /dev/stdout on a pipe resolves to a name
+        # like /proc/1/fd/pipe:[5] that does not exist, so the pipe passed as a
+        # new file and the write failed after the whole run
+        st = os.stat(path)
     except FileNotFoundError:
         st = None
     except OSError as exc:

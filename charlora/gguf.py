@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from charlora.errors import CharloraError
-from charlora.files import output_target
+from charlora.files import check_outputs, output_target
 
 # HF architecture -> llama.cpp architecture, for the families handled here.
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
@@ -57,6 +57,16 @@ def check_base(base_config: Mapping[str, Any]) -> str:
     return LLAMA_ARCHITECTURES[architecture]
 
 
+def config_count(base_config: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    """A positive whole number from the base's config.json (a text or missing
+    `num_hidden_layers` was a ValueError / KeyError traceback, 0 heads a
+    ZeroDivisionError), or an error naming the key."""
+    value = base_config.get(key, default)
+    if type(value) is not int or value < 1:
+        raise CharloraError(f"the base model's config.json needs a whole \"{key}\" of 1 or more, got {value!r}")
+    return value
+
+
 def module_shape(module: str, base_config: Mapping[str, Any]) -> tuple[int, int] | None:
     """(out, in) features of a LLaMA linear layer named `module`, from the
     base's config.json; None for another layer or a config without the sizes."""
@@ -84,9 +94,9 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
     import numpy as np
 
     check_base(base_config)
-    n_head = int(base_config["num_attention_heads"])
-    n_kv = int(base_config.get("num_key_value_heads") or n_head)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(base_config["num_hidden_layers"]))
+    n_head = config_count(base_config, "num_attention_heads")
+    n_kv = config_count(base_config, "num_key_value_heads", n_head) if base_config.get("num_key_value_heads") else n_head
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config_count(base_config, "num_hidden_layers"))
     out: dict[str, Any] = {}
     for key, tensor in state.items():
         m = _PEFT_KEY.fullmatch(key)
@@ -94,6 +104,10 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
             raise CharloraError(f"the adapter holds {key}, which is not a LoRA A/B weight (trained embeddings or "
                                 "modules_to_save can't go into a llama.cpp LoRA)")
         module, ab = m.group("module"), m.group("ab")
+        # A damaged weight (1-D, NaN) used to export with exit 0 and fail, or
+        # talk noise, only once llama.cpp loaded it.
+        if tensor.ndim != 2:
+            raise CharloraError(f"the adapter's {key} has shape {list(tensor.shape)}; a LoRA weight is a matrix")
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None:
             raise CharloraError(f"llama.cpp has no tensor for the adapted layer {module}")
@@ -107,6 +121,8 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
                                     f"{'inputs' if ab == 'A' else 'outputs'}, the base's has {want} (was it trained "
                                     "on another model?)")
         array = tensor.detach().float().cpu().numpy()
+        if not np.isfinite(array).all():
+            raise CharloraError(f"the adapter's {key} holds NaN or infinite values: the adapter is damaged")
         if ab == "B" and module.endswith(("q_proj", "k_proj")):
             array = permute_rows(array, n_head if module.endswith("q_proj") else n_kv)
         out[f"{target}.lora_{ab.lower()}"] = np.ascontiguousarray(array)
@@ -115,6 +131,10 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
     for base in sorted({k.rsplit(".", 1)[0] for k in out}):
         if f"{base}.lora_a" not in out or f"{base}.lora_b" not in out:
             raise CharloraError(f"the adapter's LoRA weights are incomplete: {base} lacks lora_A or lora_B")
+        rank_a, rank_b = out[f"{base}.lora_a"].shape[0], out[f"{base}.lora_b"].shape[1]
+        if rank_a != rank_b:  # llama.cpp can't multiply them; it refused the file only when loading it
+            raise CharloraError(f"the adapter's LoRA weights do not fit together: {base} has lora_A of rank {rank_a} "
+                                f"and lora_B of rank {rank_b}")
     return out
 
 
@@ -157,8 +177,11 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
         raise CharloraError(f"{weights} is not a readable safetensors file: {exc}") from None
     tensors = gguf_lora_tensors(lora, base_config)
     # checked as every other output is: renaming over a FIFO or a device
-    # (-o /dev/null, run as root) would replace it with a file
+    # (-o /dev/null, run as root) would replace it with a file, and -o naming
+    # a file the export reads replaced the adapter's weights or config (or the
+    # base's config.json) with the GGUF, exit 0
     out = out if out is not None else adapter_dir / f"{adapter_dir.name}.gguf"
+    check_outputs([out], [weights, adapter_dir / "adapter_config.json", base_dir / "config.json"])
     real = output_target(out)  # before Path(): -o '' is refused, not taken for "."
     out = Path(out)
     tmp = real.with_name(f".{real.name}.partial")

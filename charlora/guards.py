@@ -43,25 +43,46 @@ def check_lora_name(loras_dir: Path, lora_name: str) -> None:
                             "names made from it")
 
 
-def try_lock(fd: int, msvcrt: Any = None) -> None:
+def try_lock(fd: int, msvcrt: Any = None, offset: int | None = None) -> None:
     """Take an exclusive lock on the open file `fd` without waiting, or raise
     BlockingIOError if another process holds it.  flock on POSIX; on Windows
     (where fcntl does not exist and text-generation-webui users often are)
     msvcrt's lock on the file's first byte, which also ends with the
-    process.  `msvcrt`: the module to use instead of the OS's (tests)."""
+    process.  `offset`: lock only that one byte (fcntl.lockf), so one file
+    holds many locks (chat memory's sessions).  `msvcrt`: the module to use
+    instead of the OS's (tests)."""
     import os
 
     if msvcrt is None and os.name != "nt":
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if offset is None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
         return
     if msvcrt is None:
         import msvcrt
+    os.lseek(fd, offset or 0, os.SEEK_SET)  # msvcrt locks bytes from the file position
     try:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError as exc:  # Windows reports a held lock as EACCES / EDEADLOCK
         raise BlockingIOError(str(exc)) from None
+
+
+def unlock(fd: int, offset: int) -> None:
+    """Let go of try_lock(fd, offset=offset)."""
+    import os
+
+    if os.name != "nt":
+        import fcntl
+
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+        return
+    import msvcrt
+
+    os.lseek(fd, offset, os.SEEK_SET)
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 class AdapterLock:

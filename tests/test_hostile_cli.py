@@ -3,6 +3,7 @@
 replaced by a failed run.  Tiny models built from config (conftest.py)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -498,3 +499,354 @@ def test_a_dataset_that_is_a_pipe_is_one_line_that_fits_a_dataset(tmp_path, caps
     line = one_error(capsys, lora_finetune.main(["-m", "llama", "--models_dir", str(tmp_path), "-d", str(pipe)]))
     assert line == (f"error: {pipe} is not a regular file (a device, pipe or socket); save what it holds to an "
                     "ordinary file first")
+
+
+# ------------------------------------------------------------- seventh session: export_gguf.py
+
+@pytest.mark.parametrize("target", ["adapter weights", "adapter config", "base config"])
+def test_gguf_onto_a_file_it_reads_is_refused_and_the_file_kept(target, tiny, tmp_path, capsys):
+    """-o naming the adapter's weights or config, or the base's config.json,
+    replaced that file with the GGUF and said "wrote ...", exit 0: the adapter
+    (or the model) was gone."""
+    import shutil
+
+    loras, models = tmp_path / "loras", tmp_path / "models"
+    shutil.copytree(tiny / "loras", loras)
+    shutil.copytree(tiny / "models", models)
+    path = {"adapter weights": loras / "bob" / "adapter_model.safetensors",
+            "adapter config": loras / "bob" / "adapter_config.json",
+            "base config": models / "llama" / "config.json"}[target]
+    before = path.read_bytes()
+    read = {"base config": models / "llama" / "config.json"}.get(target, path)
+    line = one_error(capsys, export_gguf.main(["-l", "bob", "-m", "llama", "--models_dir", str(models),
+                                               "--loras_dir", str(loras), "-o", str(path)]))
+    assert line == (f"error: the output {path} is the input file {read}; writing it would destroy the input: "
+                    "choose another output name")
+    assert path.read_bytes() == before and not list(path.parent.glob(".*partial"))
+
+
+def damaged_lora(tiny: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of loras/ whose bob has one weight damaged as `how` says."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras", loras)
+    weights = loras / "bob" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    if how == "a vector":
+        tensors[key] = tensors[key].reshape(-1)
+    elif how == "NaN":
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
+    elif how == "another rank":
+        tensors[key] = tensors[key][:2]
+    save_file(tensors, weights)
+    return loras
+
+
+LORA_DAMAGE = {
+    "a vector": "the adapter's base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight has shape [192]; "
+                "a LoRA weight is a matrix",
+    "NaN": "the adapter's base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight holds NaN or infinite "
+           "values: the adapter is damaged",
+    "another rank": "the adapter's LoRA weights do not fit together: blk.0.attn_q.weight has lora_A of rank 2 and "
+                    "lora_B of rank 4",
+}
+
+
+@pytest.mark.parametrize("how", list(LORA_DAMAGE))
+def test_a_damaged_lora_weight_is_not_exported(how, tiny, tmp_path, capsys):
+    """Each was written to bob.gguf with exit 0; llama.cpp refused the file (or
+    produced NaN) only when a user loaded it."""
+    loras = damaged_lora(tiny, tmp_path, how)
+    assert one_error(capsys, export_gguf.main(gguf_args(tiny, "--loras_dir", str(loras)))) == f"error: {LORA_DAMAGE[how]}"
+    assert [p.name for p in (loras / "bob").iterdir() if "gguf" in p.name] == []
+
+
+@pytest.mark.parametrize("value, shown", [("x", "'x'"), (None, "None"), (0, "0"), (2.0, "2.0")])
+def test_a_base_config_with_a_bad_layer_count_is_one_error_line(value, shown, tiny, tmp_path, capsys):
+    """"num_hidden_layers": "x" or missing was a ValueError / KeyError traceback."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny / "models", models)
+    config = json.loads((models / "llama" / "config.json").read_text())
+    if value is None:
+        del config["num_hidden_layers"]
+    else:
+        config["num_hidden_layers"] = value
+    (models / "llama" / "config.json").write_text(json.dumps(config))
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "--models_dir", str(models))))
+    assert line == f"error: the base model's config.json needs a whole \"num_hidden_layers\" of 1 or more, got {shown}"
+
+
+# ------------------------------------------------------------- seventh session: evaluate.py
+
+HELD_OUT = "Alice:Hi.\nSir Toby:Hello.\nAlice:Bye.\nSir Toby:Farewell.\n"
+
+
+def eval_args(root: Path, text: Path, *extra: str) -> list[str]:
+    return ["-m", "llama", "--models_dir", str(root / "models"), "--loras_dir", str(root / "loras"), "-t", str(text),
+            "--max_new_tokens", "2", "--dtype", "fp32", "--generate", "1", *extra]
+
+
+@pytest.mark.parametrize("target", ["held-out text", "adapter config", "base weights"])
+def test_evaluate_json_onto_a_file_it_reads_is_refused_before_the_run(target, tiny, tmp_path, capsys):
+    """--json naming the held-out text (-t) or the adapter's config replaced it
+    with the results, exit 0: the text, or the adapter, was gone."""
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "root")
+    root = tmp_path / "root"
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    path = {"held-out text": text, "adapter config": root / "loras" / "bob" / "adapter_config.json",
+            "base weights": root / "models" / "llama" / "model.safetensors"}[target]
+    before = path.read_bytes()
+    line = one_error(capsys, evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(path))))
+    assert line == (f"error: the output {path} is the input file {path}; writing it would destroy the input: "
+                    "choose another output name")
+    assert path.read_bytes() == before
+
+
+def evaluate_main(argv: list[str]) -> int:
+    import evaluate
+
+    return evaluate.main(argv)
+
+
+def test_evaluate_reads_name_as_prepare_dataset_does(tiny, tmp_path, capsys):
+    """`-n "Sir  Toby"` made prepare_dataset.py's samples (it cleans the name as
+    its readers clean speakers) but evaluate.py said "no line by 'Sir  Toby'";
+    `-n " "` said "no line by ' '"."""
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    assert evaluate_main(eval_args(tiny, text, "-n", " Sir  Toby ", "--examples", "0")) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("base ")
+    assert one_error(capsys, evaluate_main(eval_args(tiny, text, "-n", " \t"))) == \
+        "error: --name needs a character's name, got ' \\t'"
+
+
+def test_an_output_that_is_a_pipe_through_proc_is_refused():
+    """/dev/stdout on a pipe resolves to /proc/<pid>/fd/pipe:[N], a name that
+    does not exist: evaluate.py --json /dev/stdout | jq ran the whole evaluation
+    and then failed with "No such file or directory"."""
+    from charlora.errors import CharloraError
+    from charlora.files import output_target
+
+    read, write = os.pipe()
+    try:
+        with pytest.raises(CharloraError, match=r"it is not a regular file \(a pipe, device or socket\)"):
+            output_target(f"/proc/self/fd/{write}")
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+# ------------------------------------------------------------- seventh session: chat.py
+
+class Stdin:
+    """Piped lines for chat.py; `before(n)` runs as the n-th line (0-based) is read."""
+
+    def __init__(self, lines: list[str], before=None):
+        self.lines, self.before, self.n = list(lines), before, 0
+
+    def isatty(self) -> bool:
+        return False
+
+    def readline(self) -> str:
+        if self.before is not None:
+            self.before(self.n)
+        self.n += 1
+        return self.lines.pop(0) + "\n" if self.lines else ""
+
+
+def chat_pipe(tiny: Path, capsys, monkeypatch, lines: list[str], *extra: str, before=None) -> tuple[int, str, str]:
+    import chat
+
+    monkeypatch.setattr("sys.stdin", Stdin(lines, before))
+    rc = chat.main(["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(tiny / "loras"), "-l", "bob",
+                    "-n", "Bob", "-u", "Alice", "--max_new_tokens", "4", "--greedy", "--dtype", "fp32", "--json", *extra])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+def test_piped_chat_skips_a_line_of_escapes_and_stops_at_a_mistake(tiny, capsys, monkeypatch):
+    """From a pipe a mistake was logged and the chat went on with exit 0: a
+    script saw status 0 and one reply fewer than its lines, every later reply
+    on the wrong line.  A line of escape sequences alone, which shows nothing,
+    was such a mistake ("nothing to say"); it is skipped like a blank line."""
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["\x1b[2J\x1b]0;t\x07\x01", "Hello", "a" * 200_000, "More"])
+    assert rc == 2
+    assert [json.loads(row)["user"] for row in out.splitlines()] == ["Hello"]
+    assert err.strip().splitlines()[-1] == ("error: that line is too long for this model: with --max_new_tokens 4 "
+                                            "a prompt may have at most 508 tokens")
+    assert "nothing to say" not in err
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["/bogus", "Hello"])
+    assert (rc, out) == (2, "")
+    assert err.strip().splitlines()[-1].startswith("error: unknown command /bogus; commands: /reset")
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
+    ('[{"speaker": "A", "text": "x"}, ' + "1" * 5000 + "]",
+     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+])
+def test_load_of_pathological_json_is_one_error(content, problem, tmp_path):
+    """A RecursionError or ValueError traceback ended the chat."""
+    from charlora.chat import load_history
+    from charlora.errors import CharloraError
+
+    path = tmp_path / "h.json"
+    path.write_text(content)
+    with pytest.raises(CharloraError) as info:
+        load_history(path)
+    assert str(info.value) == f"{path} is not valid JSON ({problem})"
+
+
+def memory_session(tiny_llama, tiny_tokenizers, tmp_path, **settings):
+    """Bob talking with Alice, memory in tmp_path/memory; replies are "Aye." without the model."""
+    from charlora.chat import ChatSession, Settings
+    from charlora.memory import ChatMemory, MemorySettings
+
+    s = ChatSession(tiny_llama, tiny_tokenizers["llama-like"], Settings("Bob", "Alice", rounds=2, max_new_tokens=3))
+    s.memory = ChatMemory.open(MemorySettings(memory_dir=tmp_path / "memory", **settings), "Bob", "Alice",
+                               count_tokens=s.count_tokens)
+    s.generate = lambda prompt, stream=None: ("Aye.", "eos")
+    return s
+
+
+def test_forget_and_remember_with_hostile_arguments(tiny_llama, tiny_tokenizers, tmp_path):
+    """/forget t<30 digits> was an OverflowError traceback (past SQLite's
+    integers); /remember kept escape sequences as a fact, and a 200,000-character
+    fact that, as the newest, pushed every older fact out of the prompt."""
+    from charlora.chat import handle_command
+    from charlora.errors import CharloraError
+
+    s = memory_session(tiny_llama, tiny_tokenizers, tmp_path)
+    log: list[str] = []
+    with pytest.raises(CharloraError, match=f"^no item t{'9' * 30} in this memory$"):
+        handle_command(s, f"/forget t{'9' * 30}", log.append)
+    handle_command(s, "/remember my dog is called Rex", log.append)
+    with pytest.raises(CharloraError, match=r"^/remember needs a fact, e.g. /remember my sister is called Ana$"):
+        handle_command(s, "/remember \x1b[31m\x07", log.append)
+    with pytest.raises(CharloraError, match=r"^that fact is \d+ tokens with its heading, more than --facts_tokens 64 "
+                                            "lets into the prompt; say it shorter$"):
+        handle_command(s, "/remember " + "x" * 200_000, log.append)
+    assert log == ["(remembered as f1)"]
+    assert [f.text for f in s.memory.store.facts()] == ["my dog is called Rex"]
+    s.say("Hello")
+    assert "(What Alice has told Bob: my dog is called Rex)" in s.prompt()
+
+
+def test_a_memory_file_that_refuses_writes_is_one_error_and_keeps_step(tiny_llama, tiny_tokenizers, tmp_path):
+    """A read-only (or full) memory file was an sqlite3.OperationalError
+    traceback that ended the chat; the line was in the conversation but not in
+    the file, so /forget and the summary's turn ids pointed at the wrong lines."""
+    from charlora.errors import CharloraError
+
+    s = memory_session(tiny_llama, tiny_tokenizers, tmp_path)
+    s.say("Hello")
+    s.memory.store.db.execute("PRAGMA query_only = ON")  # writes fail as on a read-only file
+    path = tmp_path / "memory" / "Bob--Alice.sqlite"
+    with pytest.raises(CharloraError) as info:
+        s.say("Are you there?")
+    assert str(info.value) == (f"cannot write memory file {path} (attempt to write a readonly database); "
+                               "this was not remembered")
+    with pytest.raises(CharloraError, match="attempt to write a readonly database"):
+        s.reset()
+    assert [l.text for l in s.history] == ["Hello", "Aye."] and len(s.memory.ids) == 2
+    s.memory.store.db.execute("PRAGMA query_only = OFF")
+    s.say("Now?")
+    assert [t.text for t in s.memory.store.turns()] == ["Hello", "Aye.", "Now?", "Aye."]
+    assert s.memory.ids == [t.id for t in s.memory.store.turns()]
+
+
+def test_a_memory_folder_deleted_mid_chat_ends_a_piped_chat(tiny, tmp_path, capsys, monkeypatch):
+    """SQLite kept writing into the deleted file: every later turn went
+    nowhere, without a word, exit 0."""
+    import shutil
+
+    memory = tmp_path / "memory"
+
+    def delete(n: int) -> None:
+        if n == 1:
+            shutil.rmtree(memory)
+
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["Hello", "Still there?"], "--memory_dir", str(memory),
+                             "--embedder", "none", "--summarizer", "extractive", before=delete)
+    assert rc == 2 and [json.loads(row)["user"] for row in out.splitlines()] == ["Hello"]
+    assert err.strip().splitlines()[-1] == (
+        f"error: memory file {memory / 'Bob--Alice.sqlite'} was deleted or replaced during this chat; nothing more "
+        "can be remembered in it (/save FILE keeps the conversation; start chat.py again for a new memory file)")
+
+
+def test_evaluate_says_not_measured_instead_of_nan(tiny, tmp_path, capsys):
+    """A held-out text where only the character speaks (or --others 0,
+    --generate 0) printed "other speakers: +nan%; specificity +nan pt ...
+    attribution AUC nan" in the summary."""
+    text = tmp_path / "held.txt"
+    text.write_text("Bob:Hello.\nBob:Again.\n")
+    assert evaluate_main(eval_args(tiny, text, "-n", "Bob", "-l", "bob", "--generate", "0", "--examples", "0")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3:] == ["character loss change: +0.0%; other speakers: not measured; specificity not measured "
+                       "(text tokens alone not measured); attribution AUC not measured",
+                       "clean endings not measured; replies repeating a 4-gram not measured; sharing an 8-gram with "
+                       "training not measured"]
+
+
+def test_two_chats_on_one_session_are_refused_but_other_sessions_share_the_file(tmp_path):
+    """Two chats with the same --session both wrote into it, each blind to the
+    other's lines: the session became two conversations shuffled together.
+    A child process holds the session here, as a second chat.py would (locks
+    of one process never exclude each other)."""
+    import subprocess
+    import sys
+
+    from charlora.errors import CharloraError
+    from charlora.memory import MemoryStore
+
+    path = tmp_path / "Bob--Alice.sqlite"
+    MemoryStore(path, "Bob", "Alice").close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from charlora.memory import MemoryStore; "
+         f"s = MemoryStore({str(path)!r}, 'Bob', 'Alice'); s.session('evening'); print('held', flush=True); "
+         "input(); s.session(None); print('reset', flush=True); input()"],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        store = MemoryStore(path, "Bob", "Alice")
+        with pytest.raises(CharloraError) as info:
+            store.session("evening")
+        assert str(info.value) == (f"session 'evening' is open in another chat on {path}; leave that chat first, "
+                                   "or give another --session")
+        assert store.session("morning")[1:] == ("morning", False)  # another session of the same file: fine
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "reset\n"  # /reset lets go of the session it left
+        assert store.session("evening")[1:] == ("evening", True)
+        store.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_a_fact_too_long_for_the_budget_does_not_hide_the_older_ones(tmp_path):
+    """A fact found in what the user said (up to 200 characters) that is over
+    --facts_tokens alone stopped the walk from the newest fact back: no fact
+    reached any prompt again."""
+    from charlora.memory import ChatMemory, MemorySettings
+
+    words = lambda text: len(text.split())  # one token a word
+    mem = ChatMemory.open(MemorySettings(memory_dir=tmp_path, facts_tokens=12), "Bob", "Alice", count_tokens=words)
+    mem.store.add_fact("My dog is called Rex.")
+    mem.store.add_fact("My favourite " + "very " * 30 + "long word is this one.")
+    items = mem.items("", [])
+    assert [(i.ref, i.line.text) for i in items] == [("f1", "(What Alice has told Bob: My dog is called Rex.)")]
+    mem.store.close()

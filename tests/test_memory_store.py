@@ -17,8 +17,8 @@ from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
 from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
-from charlora.memory.store import VectorCache
 from charlora.memory.text import parts
+from charlora.memory.vectors import VectorCache
 from test_memory import Clock, HashEmbedder, words
 
 # Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).

@@ -1,6 +1,7 @@
 """Chat memory in three tiers, kept in one SQLite file per (character, user).
 
 store.py      the file: sessions, turns, summaries, facts, vectors, FTS5 indexes
+vectors.py    the embeddings in memory, one matrix for recall
 embed.py      sentence embeddings (all-MiniLM-L6-v2 when installed)
 retrieve.py   long-term recall: keyword + embedding + recency
 summarize.py  medium-term rolling summary: the model's, or extractive

@@ -31,6 +31,8 @@ from charlora.memory.store import MemoryStore, memory_file
 from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
 from charlora.prompt import build_prompt, fit_context
+from charlora.readers.common import one_line
+from charlora.text import clean_line
 
 # First-person statements worth keeping as facts about the user.  Narrow on
 # purpose: "I am tired" is not a fact, "my sister is called Ana" is.
@@ -112,18 +114,21 @@ class ChatMemory:
         self.ids = []
 
     def record(self, line: Line) -> None:
-        """Save a line of the conversation the moment it is said (and the user's facts in it)."""
-        with self.store.db:
-            self.store.db.execute("BEGIN")
+        """Save a line of the conversation the moment it is said (and the user's facts in it).
+        The caller adds it to the conversation after this returns: a line the file
+        refused (CharloraError) is in neither, so self.ids stays aligned with it."""
+        with self.store.transaction():
             turn_id = self.store.add_turn(self.session_id, line, self.clock())
             if line.speaker == self.user:
                 for fact in extract_facts(line.text):
                     self.store.add_fact(fact, turn_id, self.clock())
-        self.ids.append(turn_id)
         if self.embedder is not None and self.s.recall_method != "keyword":
             # Embedded once, now (~12 ms a line on one CPU thread), never again at recall time.
+            # If this write fails the turn is kept without a vector (retrieve.ensure_vectors
+            # makes it later), though the error still keeps the line out of the conversation.
             rows = turn_rows(self.embedder, [(line.speaker, line.text)])[0]
             self.store.add_vectors("turn", self.embedder.name, {turn_id: rows})
+        self.ids.append(turn_id)
 
     # ------------------------------------------------------------- the tiers
 
@@ -164,6 +169,8 @@ class ChatMemory:
                                 self.count_tokens(line.text), 3.0))
         facts: list[tuple[int, str]] = []  # the newest that fit, kept oldest first
         for fact in reversed(self.store.facts()):
+            if self.count_tokens(self._facts_line([fact.text])) > self.s.facts_tokens:
+                continue  # never fits: stopping at it hid every older fact from every prompt
             if self.count_tokens(self._facts_line([fact.text] + [t for _, t in facts])) > self.s.facts_tokens:
                 break
             facts.insert(0, (fact.id, fact.text))
@@ -190,6 +197,21 @@ class ChatMemory:
             recalled.append((hit.created, Injected(hit.ref, what, Line(None, text), n, hit.score)))
         out += [item for _, item in sorted(recalled, key=lambda x: x[0])]  # in the order they were said
         return out
+
+    def remember(self, text: str) -> str:
+        """/remember: keep `text` as a fact the user told, or a CharloraError
+        for one that could never be shown (empty once cleaned, or longer than
+        --facts_tokens: a 200,000-character fact was kept and, as the newest,
+        pushed every older fact out of the prompt)."""
+        fact = clean_line(one_line(text))
+        if not fact:
+            raise CharloraError("/remember needs a fact, e.g. /remember my sister is called Ana")
+        tokens = self.count_tokens(self._facts_line([fact]))
+        if tokens > self.s.facts_tokens:
+            raise CharloraError(f"that fact is {tokens} tokens with its heading, more than --facts_tokens "
+                                f"{self.s.facts_tokens} lets into the prompt; say it shorter")
+        fact_id = self.store.add_fact(fact, now=self.clock())
+        return f"(remembered as f{fact_id})" if fact_id else "(already remembered)"
 
     def _facts_line(self, facts: Sequence[str]) -> str:
         return f"(What {self.user} has told {self.name}: {' '.join(facts)})"
@@ -237,6 +259,8 @@ class ChatMemory:
             raise CharloraError(f"/forget takes an item as /memory shows it: t12 (a turn), f3 (a fact), s2 (a summary); "
                                 f"got {ref!r}")
         kind, n = m[1], int(m[2])
+        if n >= 2**63:  # past SQLite's integers: an OverflowError traceback, and surely no such item
+            raise CharloraError(f"no item {ref} in this memory")
         if kind == "t":
             done = self.store.delete_turn(n)
             if n in self.ids:

@@ -11,7 +11,7 @@ Two rankings, each over turns and summaries together:
 - embedding: the query's dot product with each turn's vector, the mean of
   the cosines of "text" and "Speaker: text" (embed.turn_vectors, made when
   the turn is written), below 0 counted as 0.  The vectors
-  sit in memory (store.VectorCache): one matrix-vector product a recall.
+  sit in memory (vectors.VectorCache): one matrix-vector product a recall.
 
 hybrid (fusion="weighted", the default) adds the two relevances, both in
 [0, 1]: w x keyword + (1 - w) x embedding, where the keyword relevance counts

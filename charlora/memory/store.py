@@ -20,11 +20,24 @@ schema version, PRAGMA quick_check), so a damaged or foreign file is refused
 exactly as it was found.  quick_check reads every page: about 0.1 s per 100k
 turns, once per chat run.
 
-Embeddings are kept in memory too (VectorCache): read from the file once,
+Embeddings are kept in memory too (vectors.VectorCache): read from the file once,
 then kept in step with every write, so recall never re-reads the vectors.
+
+A session is locked while a chat has it (an OS lock on one byte of
+`<file>.lock`, at the session's id, gone with the process even if killed):
+two chats on one --session wrote their lines into one conversation, each
+blind to the other's, and each resumed the mix.  Other sessions of the same
+file may be open at once (WAL).
+
+Every write goes through `_write` or `transaction`, which check first that
+the file is still the one opened (a memory folder deleted mid-chat took every
+later turn into an unlinked file without a word) and turn SQLite's errors
+(read-only, disk full) into one CharloraError naming the file.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -36,75 +49,10 @@ import numpy as np
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.files import make_folder
+from charlora.memory.schema import MIGRATE_1, MIGRATE_2, SCHEMA, SCHEMA_VERSION
 from charlora.memory.text import parts
+from charlora.memory.vectors import VectorCache
 
-SCHEMA_VERSION = 3
-
-# The keyword index of turns, with who said each (schema 2): "What is Caroline's
-# sister called?" finds Caroline's line, not Melanie's "My sister is called Greta".
-_TURNS_FTS = """
-CREATE VIRTUAL TABLE turns_fts USING fts5(speaker, text, content='turns', content_rowid='id',
-                                          tokenize='porter unicode61');
-CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
-    INSERT INTO turns_fts(rowid, speaker, text) VALUES (new.id, new.speaker, new.text); END;
-CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
-    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
-    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
-"""
-# Schema 2 -> 3: a deleted turn takes its sentences' vectors with it.  (The turns of
-# several sentences lose their one vector too, in _open, so recall embeds them
-# again with their sentences.)
-_MIGRATE_2 = """
-DROP TRIGGER turns_ad;
-CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
-    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
-    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
-"""
-# Schema 1 -> 2: the speaker joins the keyword index (rebuilt from the turns), and
-# turn vectors, embedded from the text alone, are dropped to be made again with
-# the speaker (embed.turn_vectors).  Turns, sessions, summaries and facts are not touched.
-_MIGRATE_1 = """
-DROP TRIGGER turns_ai; DROP TRIGGER turns_ad; DROP TABLE turns_fts;
-""" + _TURNS_FTS + """
-INSERT INTO turns_fts(turns_fts) VALUES ('rebuild');
-DELETE FROM vectors WHERE kind = 'turn';
-"""
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE sessions (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, started REAL NOT NULL);
-CREATE TABLE turns (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id INTEGER NOT NULL REFERENCES sessions(id),
-    speaker TEXT,
-    text TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX turns_by_session ON turns(session_id, id);
-CREATE TABLE summaries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id INTEGER NOT NULL UNIQUE REFERENCES sessions(id),
-    text TEXT NOT NULL,
-    first_turn INTEGER NOT NULL,
-    last_turn INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE facts (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL UNIQUE, turn_id INTEGER, created REAL NOT NULL);
-CREATE TABLE vectors (kind TEXT NOT NULL, ref INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,
-                      PRIMARY KEY (kind, ref, model));
--- porter: "named" finds "name"; unicode61 folds case and accents.
-CREATE VIRTUAL TABLE summaries_fts USING fts5(text, content='summaries', content_rowid='id', tokenize='porter unicode61');
-CREATE TRIGGER summaries_ai AFTER INSERT ON summaries BEGIN
-    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text); END;
-CREATE TRIGGER summaries_ad AFTER DELETE ON summaries BEGIN
-    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
-    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
-CREATE TRIGGER summaries_au AFTER UPDATE ON summaries BEGIN
-    INSERT INTO summaries_fts(summaries_fts, rowid, text) VALUES ('delete', old.id, old.text);
-    INSERT INTO summaries_fts(rowid, text) VALUES (new.id, new.text);
-    DELETE FROM vectors WHERE kind = 'summary' AND ref = old.id; END;
-""" + _TURNS_FTS
 
 
 @dataclass(frozen=True)
@@ -155,6 +103,8 @@ class MemoryStore:
             raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
         make_folder(self.path.parent, "; give --memory_dir a folder")
         self._cache: dict[tuple[str, str], VectorCache] = {}
+        self._lock_fd: int | None = None
+        self._held: int | None = None
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0
         try:
             # isolation_level=None: every statement commits on its own unless a
@@ -171,6 +121,39 @@ class MemoryStore:
         except BaseException:
             self.db.close()
             raise
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_in_place(self) -> None:
+        if self._file_identity() != self._identity:
+            raise CharloraError(f"memory file {self.path} was deleted or replaced during this chat; nothing more "
+                                "can be remembered in it (/save FILE keeps the conversation; start chat.py again "
+                                "for a new memory file)")
+
+    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
+        """One write statement (committed on its own unless inside `transaction`)."""
+        self._check_in_place()
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Writes that land together or not at all."""
+        self._check_in_place()
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                yield
+        except sqlite3.Error as exc:
+            raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
 
     def _check(self) -> int:
         """The schema version of an existing file, read without writing to it;
@@ -210,7 +193,7 @@ class MemoryStore:
         if version == 0:
             # One transaction: a file is either a whole schema with its version or untouched.
             quote = lambda s: "'" + s.replace("'", "''") + "'"
-            self.db.executescript(f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('character', {quote(name)}), "
+            self.db.executescript(f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('character', {quote(name)}), "
                                   f"('user', {quote(user)}); PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         if (meta.get("character"), meta.get("user")) != (name, user):
@@ -219,7 +202,7 @@ class MemoryStore:
         if version in (1, 2):
             # Schema 1's script rebuilds the keyword index with schema 3's triggers and drops every turn vector.
             try:
-                self.db.executescript(f"BEGIN; {_MIGRATE_1 if version == 1 else _MIGRATE_2}")
+                self.db.executescript(f"BEGIN; {MIGRATE_1 if version == 1 else MIGRATE_2}")
                 if version == 2:
                     several = [(i,) for i, text in self.db.execute("SELECT id, text FROM turns") if parts(text)]
                     self.db.executemany("DELETE FROM vectors WHERE kind = 'turn' AND ref = ?", several)
@@ -233,6 +216,27 @@ class MemoryStore:
 
     def close(self) -> None:
         self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # lets go of the session's lock
+            self._lock_fd = self._held = None
+
+    def _hold(self, session_id: int, name: str) -> None:
+        """Lock `session_id` for this chat (and let go of the one held before)."""
+        from charlora.guards import try_lock, unlock
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try_lock(self._lock_fd, offset=session_id)
+        except BlockingIOError:
+            raise CharloraError(f"session {name!r} is open in another chat on {self.path}; leave that chat first, "
+                                "or give another --session") from None
+        except OSError as exc:
+            raise CharloraError(f"cannot write {lock}: {exc.strerror or exc}") from None
+        if self._held is not None and self._held != session_id:
+            unlock(self._lock_fd, self._held)
+        self._held = session_id
 
     # ------------------------------------------------------------ sessions
 
@@ -243,6 +247,7 @@ class MemoryStore:
         if name is not None:
             row = self.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
             if row is not None:
+                self._hold(row[0], name)
                 return row[0], name, True
         else:
             base = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(now))
@@ -250,15 +255,16 @@ class MemoryStore:
             while self.db.execute("SELECT 1 FROM sessions WHERE name = ?", (name,)).fetchone():
                 n += 1
                 name = f"{base}-{n}"
-        cur = self.db.execute("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        cur = self._write("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        self._hold(cur.lastrowid, name)
         return cur.lastrowid, name, False
 
     # --------------------------------------------------------------- turns
 
     def add_turn(self, session_id: int, line: Line, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        cur = self.db.execute("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
-                              (session_id, line.speaker, line.text, now))
+        cur = self._write("INSERT INTO turns (session_id, speaker, text, created) VALUES (?, ?, ?, ?)",
+                          (session_id, line.speaker, line.text, now))
         return cur.lastrowid
 
     def turns(self, session_id: int | None = None) -> list[Turn]:
@@ -276,7 +282,7 @@ class MemoryStore:
 
     def delete_turn(self, turn_id: int) -> bool:
         self._drop_cached("turn", turn_id)
-        return self.db.execute("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
+        return self._write("DELETE FROM turns WHERE id = ?", (turn_id,)).rowcount > 0
 
     # ------------------------------------------------------------ summaries
 
@@ -295,7 +301,7 @@ class MemoryStore:
         old = self.summary(session_id)
         if old is not None:  # the trigger drops its stored vector; the cached one goes too
             self._drop_cached("summary", old.id)
-        self.db.execute("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
+        self._write("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
                         "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
                         "method = excluded.method, updated = excluded.updated",
@@ -305,7 +311,7 @@ class MemoryStore:
         """Empty a summary but keep the range it covered, so the lines it
         summarized are not folded into the next summary again."""
         self._drop_cached("summary", summary_id)
-        return self.db.execute("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
+        return self._write("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
                                (summary_id,)).rowcount > 0
 
     # ---------------------------------------------------------------- facts
@@ -313,7 +319,7 @@ class MemoryStore:
     def add_fact(self, text: str, turn_id: int | None = None, now: float | None = None) -> int | None:
         """The new fact's id, or None when the same text is already kept."""
         now = time.time() if now is None else now
-        cur = self.db.execute("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
+        cur = self._write("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
                               (text, turn_id, now))
         return cur.lastrowid if cur.rowcount else None
 
@@ -321,7 +327,7 @@ class MemoryStore:
         return [Fact(*r) for r in self.db.execute("SELECT id, text, created FROM facts ORDER BY id")]
 
     def delete_fact(self, fact_id: int) -> bool:
-        return self.db.execute("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
+        return self._write("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
 
     # ---------------------------------------------------------- keyword search
 
@@ -362,8 +368,7 @@ class MemoryStore:
         if not items:
             return
         items = {ref: np.atleast_2d(np.asarray(v, dtype=np.float32)) for ref, v in items.items()}
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.transaction():
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
                                 [(kind, ref, model, rows[0].tobytes()) for ref, rows in items.items()])
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES ('sentences', ?, ?, ?)",
@@ -390,64 +395,3 @@ class MemoryStore:
         for (k, _), cache in self._cache.items():
             if k == kind:
                 cache.remove(ref)
-
-
-class VectorCache:
-    """Unit vectors and their ids in one growing matrix: appending is amortized
-    O(1) (capacity doubles), a search is one matrix-vector product."""
-
-    def __init__(self) -> None:
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
-        self.n = 0
-        self.distinct = 0  # ids, to size a search's first cut (an id may hold several rows)
-        self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
-
-    def add(self, ids, vecs: np.ndarray) -> None:
-        vecs = np.asarray(vecs, dtype=np.float32)
-        if self.matrix.shape[1] != vecs.shape[1]:
-            self.matrix = np.zeros((0, vecs.shape[1]), dtype=np.float32)
-            self.n = 0
-        need = self.n + len(vecs)
-        if need > len(self.matrix):
-            cap = max(need, 2 * len(self.matrix), 64)
-            grown = np.zeros((cap, vecs.shape[1]), dtype=np.float32)
-            grown[: self.n] = self.matrix[: self.n]
-            grown_ids = np.zeros(cap, dtype=np.int64)
-            grown_ids[: self.n] = self.ids[: self.n]
-            self.matrix, self.ids = grown, grown_ids
-        self.matrix[self.n : need] = vecs
-        self.ids[self.n : need] = ids
-        self.n = need
-        self.distinct += len(set(ids))
-
-    def remove(self, ref: int) -> None:
-        where = np.flatnonzero(self.ids[: self.n] == ref)
-        self.distinct -= bool(len(where))
-        for i in where[::-1]:  # the last row moves into the hole
-            self.n -= 1
-            self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
-
-    def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[tuple[int, float]]:
-        """[(id, cosine)] of the `k` nearest ids, each by its best row, best first, ids in
-        `skip` left out."""
-        if not self.n:
-            return []
-        sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
-        # Twice the rows k ids hold on average: one cut nearly always suffices (each more
-        # is another pass over every row).
-        take = min(self.n, -(-2 * (k + len(skip)) * self.n // max(1, self.distinct)))
-        while True:
-            # An id may hold several rows (a turn's sentences): widen the cut until it
-            # holds k ids, or every row.  Best first, so an id's first row is its best.
-            top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
-            top = top[np.argsort(-sims[top], kind="stable")]
-            out, seen = [], set(skip)
-            for i in top:
-                ref = int(self.ids[i])
-                if ref not in seen:
-                    seen.add(ref)
-                    out.append((ref, float(sims[i])))
-            if len(out) >= k or take == self.n:
-                return out[:k]
-            take = min(self.n, 2 * take)
