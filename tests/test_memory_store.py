@@ -157,6 +157,12 @@ def test_a_schema_2_file_migrates_and_its_turns_of_several_sentences_get_their_s
     blob = store.db.execute("SELECT vec FROM vectors WHERE kind = 'sentences'").fetchone()[0]
     sentences = np.frombuffer(blob, np.float32).reshape(-1, 512)
     assert np.allclose(sentences, turn_vectors(HashEmbedder(), [("Alice", p) for p in parts(CHATTY[0][1])]))
+    # Read back from the file as the next chat would: the turn's own row and its three sentences'.
+    reopened = MemoryStore(path, "Bob", "Alice")
+    again = reopened.vectors("turn", "hash-512")
+    reopened.close()
+    assert sorted(again.ids[: again.n]) == [1, 1, 1, 1, 2] and again.distinct == 2
+    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 1][1:], sentences)
     # A turn scores by its best row: the sentence that says it, above the whole turn's mean.
     q = HashEmbedder().embed([question])[0]
     whole = turn_vectors(HashEmbedder(), CHATTY[:1])[0]

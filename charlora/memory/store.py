@@ -354,11 +354,11 @@ class MemoryStore:
             cache = VectorCache()
             pairs = read(kind)
             if pairs:
-                cache.add([r for r, _ in pairs], np.stack([v for _, v in pairs]))
                 dim = len(pairs[0][1])
-                for ref, flat in read("sentences") if kind == "turn" else ():
-                    rows = flat.reshape(-1, dim)
-                    cache.add([ref] * len(rows), rows)
+                more = [(ref, flat.reshape(-1, dim)) for ref, flat in (read("sentences") if kind == "turn" else ())]
+                # One add for all: a call per turn was 1.1 s of a first recall at 100k turns.
+                cache.add([r for r, _ in pairs] + [r for r, rows in more for _ in rows],
+                          np.concatenate([np.stack([v for _, v in pairs])] + [rows for _, rows in more]))
             self._cache[key] = cache
         return self._cache[key]
 
