@@ -38,7 +38,7 @@ from charlora.prompt import build_prompt, fit_context
 from charlora.readers.common import one_line
 from charlora.reply import generate_pcw_reply, generate_reply, stop_speakers
 from charlora.samples import write_json_atomic
-from charlora.text import clean_line, clean_speaker, strip_controls
+from charlora.text import clean_line, clean_speaker, has_visible_text, strip_controls
 
 COMMANDS = "/reset, /save FILE, /load FILE, /quit"
 MEMORY_COMMANDS = "/memory, /forget ITEM, /remember TEXT"
@@ -216,7 +216,7 @@ class ChatSession:
         history only once the memory file has it, so a file that can't be
         written (CharloraError) leaves history and memory in step."""
         text = clean_line(one_line(text))
-        if not text:
+        if not has_visible_text(text):  # a zero-width space is no line either (text.has_visible_text)
             raise CharloraError("nothing to say: the line is empty")
         line = Line(self.s.user, text)
         if self.budget is not None and self.count_tokens(build_prompt([line], self.s.name)) > self.budget:
@@ -416,7 +416,7 @@ def turn(session: ChatSession, text: str, term: Terminal, emit: Callable[[Reply]
     A mistake is one `error:` line; at a terminal the chat goes on, from a
     pipe it ends with status 2: a script can't read the error between the
     replies, and a turn left out shifted every later reply onto the wrong line."""
-    if not clean_line(one_line(text)):  # blank, or only escape sequences and controls: nothing said
+    if not has_visible_text(clean_line(one_line(text))):  # blank, escapes, controls, zero-width: nothing said
         return None
     started = False
     try:

@@ -17,6 +17,7 @@ from charlora.config import check_speaker_name
 from charlora.dialogue import Line, parse_line
 from charlora.errors import CharloraError
 from charlora.readers.common import one_line
+from charlora.text import has_visible_text
 
 
 # ------------------------------------------------------------------ errors
@@ -154,7 +155,7 @@ def chat_lines(messages: list[Message], name: str, user: str) -> tuple[list[Line
         parsed = parse_line(text)
         if parsed is not None and parsed.speaker == who:
             text = parsed.text
-        if text:
+        if has_visible_text(text):  # "\u200b" alone shows nothing: no line to answer (as in chat.py)
             lines.append(Line(who, text))
     if last is None or last.role != "user" or not lines or lines[-1].speaker == name:
         raise ApiError(400, "the last message must be the user's, with some text: the character answers it",

@@ -681,8 +681,10 @@ def test_piped_chat_skips_a_line_of_escapes_and_stops_at_a_mistake(tiny, capsys,
     """From a pipe a mistake was logged and the chat went on with exit 0: a
     script saw status 0 and one reply fewer than its lines, every later reply
     on the wrong line.  A line of escape sequences alone, which shows nothing,
-    was such a mistake ("nothing to say"); it is skipped like a blank line."""
-    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["\x1b[2J\x1b]0;t\x07\x01", "Hello", "a" * 200_000, "More"])
+    was such a mistake ("nothing to say"); it is skipped like a blank line, as is
+    one of zero-width characters alone (it was said and answered)."""
+    rc, out, err = chat_pipe(tiny, capsys, monkeypatch, ["\x1b[2J\x1b]0;t\x07\x01", "\u200b\u2060", "Hello",
+                                                         "a" * 200_000, "More"])
     assert rc == 2
     assert [json.loads(row)["user"] for row in out.splitlines()] == ["Hello"]
     assert err.strip().splitlines()[-1] == ("error: that line is too long for this model: with --max_new_tokens 4 "

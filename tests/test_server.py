@@ -62,6 +62,16 @@ def test_a_system_message_after_the_users_line_is_left_out():
             chat_lines(only_system, "Bob", "Alice")
 
 
+def test_a_message_that_shows_nothing_is_no_line():
+    """A user message of a zero-width space alone was answered as a line."""
+    for invisible in ("\u200b", "\u200b\u2060 \ufeff", "\u202e"):
+        with pytest.raises(ApiError, match=r"^the last message must be the user's, with some text"):
+            chat_lines([Message(role="user", content=invisible)], "Bob", "Alice")
+    messages = [Message(role="user", content="Hi"), Message(role="assistant", content="\u200b"),
+                Message(role="user", content="Still there?")]
+    assert chat_lines(messages, "Bob", "Alice") == ([Line("Alice", "Hi")], Line("Alice", "Still there?"))
+
+
 def test_stop_strings_cut_and_hold_back_exactly():
     assert cut_at_stops("I'll save you the best one. END more", ["END", "zzz"]) == ("I'll save you the best one.", True)
     assert cut_at_stops("no stop here", ["END"]) == ("no stop here", False)
