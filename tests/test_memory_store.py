@@ -141,7 +141,7 @@ def schema_2_file(path):
     db.close()
 
 
-def test_a_schema_2_file_migrates_and_its_turns_of_several_sentences_get_their_sentence_vectors(tmp_path):
+def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_sentences(tmp_path):
     path = tmp_path / "Bob--Alice.sqlite"
     schema_2_file(path)
     before = dump(path)
@@ -149,30 +149,39 @@ def test_a_schema_2_file_migrates_and_its_turns_of_several_sentences_get_their_s
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert dump(path) == before
     vectors = lambda: store.db.execute("SELECT kind, ref FROM vectors ORDER BY kind, ref").fetchall()
-    # The turn of three sentences lost its one vector, to be made again with its sentences'.
-    assert vectors() == [("turn", 2)]
-    question = "What is Alice's sister called?"
-    hits = retrieve(store, question, "embedding", HashEmbedder(), k=2)
-    assert vectors() == [("sentences", 1), ("turn", 1), ("turn", 2)]
+    # Nothing to embed again: the old turns keep their one vector and are scored by it.
+    assert vectors() == [("turn", 1), ("turn", 2)]
+    embedder = HashEmbedder()
+    q = embedder.embed(["What is Alice's sister called?"])[0]
+    hits = retrieve(store, "What is Alice's sister called?", "embedding", embedder, k=2)
+    assert [h.id for h in hits] == [1]  # Bob's line shares no word with it
+    assert hits[0].embedding == pytest.approx(float(turn_vectors(embedder, CHATTY[:1])[0] @ q))
+    # A turn of several sentences written now also stores its sentences' vectors.
+    said = ("Alice", "Oh really? My brother is called Sam. Anyway, the bus was late again.")
+    sid = store.session("s1")[0]
+    turn = store.add_turn(sid, Line(*said), 103.0)
+    store.add_vectors("turn", embedder.name, {turn: turn_rows(embedder, [said])[0]})
+    assert vectors() == [("sentences", 3), ("turn", 1), ("turn", 2), ("turn", 3)]
     blob = store.db.execute("SELECT vec FROM vectors WHERE kind = 'sentences'").fetchone()[0]
     sentences = np.frombuffer(blob, np.float32).reshape(-1, 512)
-    assert np.allclose(sentences, turn_vectors(HashEmbedder(), [("Alice", p) for p in parts(CHATTY[0][1])]))
-    # Read back from the file as the next chat would: the turn's own row and its three sentences'.
+    assert np.allclose(sentences, turn_vectors(embedder, [("Alice", p) for p in parts(said[1])]))
+    # Read back from the file as the next chat would: turn 3's own row and its three sentences'.
     reopened = MemoryStore(path, "Bob", "Alice")
     again = reopened.vectors("turn", "hash-512")
     reopened.close()
-    assert sorted(again.ids[: again.n]) == [1, 1, 1, 1, 2] and again.distinct == 2
-    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 1][1:], sentences)
+    assert sorted(again.ids[: again.n]) == [1, 2, 3, 3, 3, 3] and again.distinct == 3
+    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 3][1:], sentences)
     # A turn scores by its best row: the sentence that says it, above the whole turn's mean.
-    q = HashEmbedder().embed([question])[0]
-    whole = turn_vectors(HashEmbedder(), CHATTY[:1])[0]
-    assert [h.id for h in hits] == [1]  # Bob's line shares no word with it
+    q = embedder.embed(["What is Alice's brother called?"])[0]
+    hits = retrieve(store, "What is Alice's brother called?", "embedding", embedder, k=1)
+    whole = turn_vectors(embedder, [said])[0]
+    assert [h.id for h in hits] == [3]
     assert hits[0].embedding == pytest.approx(float(sentences[1] @ q)) and float(sentences[1] @ q) > whole @ q
     # Forgetting the turn takes its sentences' vectors too (schema 3's trigger), and from the cache.
-    assert store.delete_turn(1)
-    assert vectors() == [("turn", 2)]
+    assert store.delete_turn(3)
+    assert vectors() == [("turn", 1), ("turn", 2)]
     cache = store.vectors("turn", "hash-512")
-    assert list(cache.ids[: cache.n]) == [2] and retrieve(store, question, "embedding", HashEmbedder(), k=2) == []
+    assert sorted(cache.ids[: cache.n]) == [1, 2] and cache.distinct == 2
     store.close()
 
 

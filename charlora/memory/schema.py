@@ -16,9 +16,11 @@ CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
     INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
     DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
 """
-# Schema 2 -> 3: a deleted turn takes its sentences' vectors with it.  (The turns of
-# several sentences lose their one vector too, in _open, so recall embeds them
-# again with their sentences.)
+# Schema 2 -> 3: a deleted turn takes its sentences' vectors with it.  The turns
+# already there keep their one vector, and recall scores them by it as schema 2
+# did; re-embedding every turn of several sentences at the first recall would
+# stall a long memory for minutes (~8 embeddings such a turn, ~170 a second).
+# Turns written after the migration get their sentences' vectors.
 MIGRATE_2 = """
 DROP TRIGGER turns_ad;
 CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN

@@ -13,7 +13,8 @@ summaries kept in step by triggers.  Schema 2 indexes who said a turn in
 its FTS5 row (a `speaker` column) and in its vector (embed.turn_vectors).
 Schema 3 adds the vectors of the sentences of a turn of several (kind
 'sentences', one row a turn holding them all; embed.turn_rows), deleted with
-their turn.  Older files are migrated in place, in one transaction, when opened.
+their turn.  Older files are migrated in place, in one transaction, when
+opened (charlora/memory/schema.py).
 
 Before anything is written, a file is opened read-only and checked (header,
 schema version, PRAGMA quick_check), so a damaged or foreign file is refused
@@ -50,7 +51,6 @@ from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.files import make_folder
 from charlora.memory.schema import MIGRATE_1, MIGRATE_2, SCHEMA, SCHEMA_VERSION
-from charlora.memory.text import parts
 from charlora.memory.vectors import VectorCache
 
 
@@ -203,9 +203,6 @@ class MemoryStore:
             # Schema 1's script rebuilds the keyword index with schema 3's triggers and drops every turn vector.
             try:
                 self.db.executescript(f"BEGIN; {MIGRATE_1 if version == 1 else MIGRATE_2}")
-                if version == 2:
-                    several = [(i,) for i, text in self.db.execute("SELECT id, text FROM turns") if parts(text)]
-                    self.db.executemany("DELETE FROM vectors WHERE kind = 'turn' AND ref = ?", several)
                 # execute, not executescript, which would commit the open transaction first
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self.db.execute("COMMIT")
