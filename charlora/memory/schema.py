@@ -5,6 +5,12 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 3
 
+# A deleted turn leaves the keyword index and takes its vectors, its sentences' too (schema 3).
+TURNS_AD = """
+CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
+    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
+"""
 # The keyword index of turns, with who said each (schema 2): "What is Caroline's
 # sister called?" finds Caroline's line, not Melanie's "My sister is called Greta".
 TURNS_FTS = """
@@ -12,21 +18,13 @@ CREATE VIRTUAL TABLE turns_fts USING fts5(speaker, text, content='turns', conten
                                           tokenize='porter unicode61');
 CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
     INSERT INTO turns_fts(rowid, speaker, text) VALUES (new.id, new.speaker, new.text); END;
-CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
-    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
-    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
-"""
+""" + TURNS_AD
 # Schema 2 -> 3: a deleted turn takes its sentences' vectors with it.  The turns
 # already there keep their one vector, and recall scores them by it as schema 2
 # did; re-embedding every turn of several sentences at the first recall would
 # stall a long memory for minutes (~8 embeddings such a turn, ~170 a second).
 # Turns written after the migration get their sentences' vectors.
-MIGRATE_2 = """
-DROP TRIGGER turns_ad;
-CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
-    INSERT INTO turns_fts(turns_fts, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
-    DELETE FROM vectors WHERE kind IN ('turn', 'sentences') AND ref = old.id; END;
-"""
+MIGRATE_2 = "DROP TRIGGER turns_ad;" + TURNS_AD
 # Schema 1 -> 2: the speaker joins the keyword index (rebuilt from the turns), and
 # turn vectors, embedded from the text alone, are dropped to be made again with
 # the speaker (embed.turn_vectors).  Turns, sessions, summaries and facts are not touched.

@@ -136,24 +136,27 @@ class MemoryStore:
                                 "can be remembered in it (/save FILE keeps the conversation; start chat.py again "
                                 "for a new memory file)")
 
-    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
-        """One write statement (committed on its own unless inside `transaction`)."""
+    @contextlib.contextmanager
+    def _writing(self):
+        """Around every write: the file is still the one opened, and SQLite's
+        errors (read-only, disk full) become one CharloraError naming it."""
         self._check_in_place()
         try:
-            return self.db.execute(sql, args)
+            yield
         except sqlite3.Error as exc:
             raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
+
+    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
+        """One write statement (committed on its own unless inside `transaction`)."""
+        with self._writing():
+            return self.db.execute(sql, args)
 
     @contextlib.contextmanager
     def transaction(self):
         """Writes that land together or not at all."""
-        self._check_in_place()
-        try:
-            with self.db:
-                self.db.execute("BEGIN")
-                yield
-        except sqlite3.Error as exc:
-            raise CharloraError(f"cannot write memory file {self.path} ({exc}); this was not remembered") from None
+        with self._writing(), self.db:
+            self.db.execute("BEGIN")
+            yield
 
     def _check(self) -> int:
         """The schema version of an existing file, read without writing to it;
