@@ -9,9 +9,20 @@ lora_finetune.main finds it by folder name.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The property tests draw the same examples on every run unless asked to explore
+# (HYPOTHESIS_PROFILE=explore): two CI runs failed on a draw the test's own
+# expectation had missed (lr 1.0; -c 513 on a 512-position model), and a change
+# must land or fail for its code, not for the dice.  Explore locally, with
+# CHARLORA_SWEEP_EXAMPLES raised, before changing what a sweep expects.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_TEXT = REPO / "data" / "twelfth-night.txt"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import lora_finetune
 import prepare_dataset
+from conftest import MAX_POSITIONS
 
 pytestmark = pytest.mark.slow
 TURING = Path(__file__).parent / "fixtures" / "turing.txt"
@@ -143,10 +145,15 @@ def test_lora_finetune_cases(case, models_dir, tiny_dataset, tmp_path, capsys):
         assert not (tmp_path / "loras" / "s").exists()  # a refused run leaves nothing behind
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.integers(-1, 40), cutoff=st.integers(0, 600), rank=st.integers(-1, 64),
-       lr=st.floats(allow_nan=True, allow_infinity=True, width=32), dropout=st.floats(-0.5, 1.5),
-       warmup=st.floats(-0.5, 1.5), eval_split=st.sampled_from([0, 0.1, 0.5, 0.9, 1.0, -0.1]))
+@settings(max_examples=int(os.environ.get("CHARLORA_SWEEP_EXAMPLES", 25)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Each flag is drawn from its valid range or from anywhere, so that a good share of the
+# draws is a run that must train (over all-anywhere draws, 1 in 16 was).
+@given(batch=st.integers(1, 40) | st.integers(-1, 40), cutoff=st.integers(8, 512) | st.integers(0, 600),
+       rank=st.integers(1, 64) | st.integers(-1, 64),
+       lr=st.floats(1e-6, 1e-2) | st.floats(allow_nan=True, allow_infinity=True, width=32),
+       dropout=st.floats(0, 0.9) | st.floats(-0.5, 1.5), warmup=st.floats(0, 0.9) | st.floats(-0.5, 1.5),
+       eval_split=st.sampled_from([0, 0.1, 0.5, 0.9, 1.0, -0.1]))
 def test_lora_finetune_random_flags(batch, cutoff, rank, lr, dropout, warmup, eval_split,
                                     models_dir, tiny_dataset, tmp_path, capsys):
     argv = train_argv(models_dir, tmp_path, tiny_dataset, "-b", str(batch), "-c", str(cutoff), "-r", str(rank),
@@ -154,8 +161,10 @@ def test_lora_finetune_random_flags(batch, cutoff, rank, lr, dropout, warmup, ev
                       "--eval_split", str(eval_split))
     rc, message = outcome(lora_finetune.main, argv, capsys)
     adapter = tmp_path / "loras" / "s" / "adapter_model.safetensors"
-    valid = (batch >= 1 and cutoff >= 8 and rank >= 1 and math.isfinite(lr) and lr > 0 and 0 <= dropout < 1
-             and 0 <= warmup < 1 and 0 <= eval_split < 1 and round(16 * eval_split) < 16)
+    # The tiny models read MAX_POSITIONS tokens: a longer -c is refused before training.
+    valid = (batch >= 1 and 8 <= cutoff <= MAX_POSITIONS and rank >= 1 and math.isfinite(lr) and lr > 0
+             and 0 <= dropout < 1 and 0 <= warmup < 1 and 0 <= eval_split < 1 and round(16 * eval_split) < 16)
+    event("valid flags" if valid else "refused flags")  # --hypothesis-show-statistics shows the mix
     if valid and rc != 0:
         # A valid but huge rate (hypothesis found lr 1.0) can send the weights to inf: the run
         # must then stop with the divergence error and leave no adapter (docs/reliability.md).
