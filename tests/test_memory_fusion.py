@@ -13,6 +13,7 @@ import pytest
 
 from charlora.dialogue import Line
 from charlora.memory import MemoryStore
+from charlora.memory.vectors import DTYPE
 from charlora.memory.retrieve import (FEEDBACK_WEIGHT, KEYWORD_HALF, KEYWORD_WEIGHT, adaptive_weight, coverage,
                                       feedback_query, retrieve)
 
@@ -49,6 +50,12 @@ def unit(cos: float) -> tuple[float, float]:
     return (cos, math.sqrt(1 - cos * cos))
 
 
+def stored(cos: float) -> float:
+    """The cosine of unit(cos) with (1, 0) as recall reads it: the cache holds its rows
+    in vectors.DTYPE (float16), so 0.4 is 0.39990234375 (0.5 is exact)."""
+    return float(DTYPE(cos))
+
+
 @pytest.fixture
 def store(tmp_path):
     store = MemoryStore(tmp_path / "m.sqlite", "Bob", "Gwen")
@@ -68,7 +75,7 @@ def test_a_one_word_keyword_match_no_longer_outranks_the_paraphrase(store):
     assert [h.text for h in hits] == [EVIDENCE, LOOKALIKE]
     w = adaptive_weight(KEYWORD_WEIGHT, 0.25)  # 0.125: the best match explains a quarter of the question
     assert hits[0].keyword == 0.0 and hits[0].relevance == pytest.approx((1 - w) * 0.5, abs=1e-6)
-    assert hits[1].relevance == pytest.approx(w * hits[1].keyword + (1 - w) * 0.4, abs=1e-6)
+    assert hits[1].relevance == pytest.approx(w * hits[1].keyword + (1 - w) * stored(0.4), abs=1e-6)
 
 
 def test_a_question_its_keyword_match_explains_keeps_the_keyword_weight(store):
@@ -78,7 +85,7 @@ def test_a_question_its_keyword_match_explains_keeps_the_keyword_weight(store):
     hits = retrieve(store, question, "hybrid", embedder, k=2, feedback_weight=0)
     w = adaptive_weight(KEYWORD_WEIGHT, 0.5)
     assert w == 0.25 and hits[0].text == LOOKALIKE
-    assert hits[0].relevance == pytest.approx(w * hits[0].keyword + (1 - w) * 0.4, abs=1e-6)
+    assert hits[0].relevance == pytest.approx(w * hits[0].keyword + (1 - w) * stored(0.4), abs=1e-6)
 
 
 def test_feedback_query_is_the_best_matchs_content_words_the_question_lacks():
@@ -118,8 +125,8 @@ def test_the_best_matchs_words_lift_the_evidence_that_shares_them(music):
     assert [h.text for h in hits] == [VIOLA, HARP, RIVER]
     (harp_bm25,) = [s for ref, s in store.keyword_search("turn", feedback_query(PLAY, VIOLA), 10) if ref == 1]
     g = FEEDBACK_WEIGHT  # no keyword match: the fused relevance is the cosine alone
-    assert hits[1].relevance == pytest.approx((1 - g) * 0.30 + g * harp_bm25 / (harp_bm25 + KEYWORD_HALF), abs=1e-6)
-    assert hits[2].relevance == pytest.approx((1 - g) * 0.305, abs=1e-6)  # the feedback found nothing in it
+    assert hits[1].relevance == pytest.approx((1 - g) * stored(0.30) + g * harp_bm25 / (harp_bm25 + KEYWORD_HALF), abs=1e-6)
+    assert hits[2].relevance == pytest.approx((1 - g) * stored(0.305), abs=1e-6)  # the feedback found nothing in it
 
 
 def test_feedback_does_not_bring_back_a_line_the_window_holds(music):

@@ -18,7 +18,7 @@ from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemorySt
 from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
 from charlora.memory.text import parts
-from charlora.memory.vectors import VectorCache
+from charlora.memory.vectors import DTYPE, VectorCache
 from test_memory import Clock, HashEmbedder, words
 
 # Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).
@@ -155,7 +155,7 @@ def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_se
     q = embedder.embed(["What is Alice's sister called?"])[0]
     hits = retrieve(store, "What is Alice's sister called?", "embedding", embedder, k=2)
     assert [h.id for h in hits] == [1]  # Bob's line shares no word with it
-    assert hits[0].embedding == pytest.approx(float(turn_vectors(embedder, CHATTY[:1])[0] @ q))
+    assert hits[0].embedding == pytest.approx(float(turn_vectors(embedder, CHATTY[:1])[0].astype(DTYPE) @ q))
     # A turn of several sentences written now also stores its sentences' vectors.
     said = ("Alice", "Oh really? My brother is called Sam. Anyway, the bus was late again.")
     sid = store.session("s1")[0]
@@ -170,13 +170,13 @@ def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_se
     again = reopened.vectors("turn", "hash-512")
     reopened.close()
     assert sorted(again.ids[: again.n]) == [1, 2, 3, 3, 3, 3] and again.distinct == 3
-    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 3][1:], sentences)
+    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 3][1:], sentences, rtol=0, atol=5e-4)
     # A turn scores by its best row: the sentence that says it, above the whole turn's mean.
     q = embedder.embed(["What is Alice's brother called?"])[0]
     hits = retrieve(store, "What is Alice's brother called?", "embedding", embedder, k=1)
     whole = turn_vectors(embedder, [said])[0]
     assert [h.id for h in hits] == [3]
-    assert hits[0].embedding == pytest.approx(float(sentences[1] @ q)) and float(sentences[1] @ q) > whole @ q
+    assert hits[0].embedding == pytest.approx(float(sentences[1].astype(DTYPE) @ q)) and float(sentences[1] @ q) > whole @ q
     # Forgetting the turn takes its sentences' vectors too (schema 3's trigger), and from the cache.
     assert store.delete_turn(3)
     assert vectors() == [("turn", 1), ("turn", 2)]
@@ -268,9 +268,27 @@ def test_vector_cache_matches_brute_force_through_adds_and_removes():
     kept = [i for i in range(1, 301) if i not in (5, 300, 17, 42)]
     expect = sorted(kept, key=lambda i: -float(vecs[i - 1] @ q))[:10]
     got = cache.search(q, 10, skip={42})
-    assert [i for i, _ in got] == expect
-    assert np.allclose([s for _, s in got], [vecs[i - 1] @ q for i in expect], atol=1e-5)
+    held = vecs.astype(DTYPE).astype(np.float32)  # the rows as the cache holds them
+    assert [i for i, _ in got] == sorted(kept, key=lambda i: -float(held[i - 1] @ q))[:10] == expect
+    assert np.allclose([s for _, s in got], [held[i - 1] @ q for i in expect], rtol=0, atol=1e-5)
     assert cache.search(q, 500) and len(cache.search(q, 500)) == 297
+
+
+def test_vector_cache_cosines_are_float32_ones_within_float16_rounding():
+    # The cache holds float16 rows (half the memory and time of a search) and scores its
+    # cut in float32: a cosine of unit vectors is off by the rows' rounding alone, well
+    # under the gaps between neighbours, so the nearest ids are float32's.
+    rng = np.random.default_rng(2)
+    vecs = rng.standard_normal((3000, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cache = VectorCache()
+    cache.add(list(range(1, 3001)), vecs)
+    for q in vecs[:20] + 0.5 * rng.standard_normal((20, 384)).astype(np.float32) / np.sqrt(384):
+        q /= np.linalg.norm(q)
+        exact = vecs @ q
+        got = cache.search(q, 10)
+        assert [i for i, _ in got] == [int(i) + 1 for i in np.argsort(-exact)[:10]]
+        assert max(abs(s - exact[i - 1]) for i, s in got) < 1e-4  # 3.2e-5 here; a float16 result: 2.0e-4
 
 
 def test_vector_cache_scores_an_id_of_several_rows_by_its_best_row():
@@ -281,11 +299,12 @@ def test_vector_cache_scores_an_id_of_several_rows_by_its_best_row():
     cache.add(list(owner), vecs)
     cache.remove(7)
     q = rng.standard_normal(8).astype(np.float32)
+    vecs = vecs.astype(DTYPE).astype(np.float32)  # as the cache holds them: the exact best rows of those
     best = {i: float(max(vecs[owner == i] @ q)) for i in range(1, 41) if i not in (7, 3)}
     expect = sorted(best, key=lambda i: -best[i])[:12]
     got = cache.search(q, 12, skip={3})
     assert [i for i, _ in got] == expect
-    assert np.allclose([s for _, s in got], [best[i] for i in expect], atol=1e-5)
+    assert np.allclose([s for _, s in got], [best[i] for i in expect], rtol=0, atol=1e-5)
     assert len(cache.search(q, 100)) == 39
 
 

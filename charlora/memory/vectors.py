@@ -3,6 +3,17 @@ into a VectorCache and keeps it in step with every write (store.MemoryStore.vect
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+# The matrix is held in float16.  A search reads every row, so it is bound by memory
+# bandwidth: at 100k chatty turns (274,585 rows of 384) one float32 product read 421 MB
+# and took 15.4 ms (numpy, one thread); torch's float16 product reads half and took
+# 10.1 ms, with the same 60 nearest rows (runs/vec_probe.py, 2026-12-03).  numpy has no
+# fast float16 product, hence torch.  The cut found this way is scored again in float32
+# (the stored rows upcast, against the float32 query), so a cosine is off by the rows'
+# rounding alone (3.2e-5 at most in tests/test_memory_store.py), not by a float16
+# result's (2.0e-4 there).
+DTYPE = np.float16
 
 
 class VectorCache:
@@ -11,7 +22,7 @@ class VectorCache:
 
     def __init__(self) -> None:
         self.ids = np.zeros(0, dtype=np.int64)
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.matrix = np.zeros((0, 0), dtype=DTYPE)
         self.n = 0
         self.distinct = 0  # ids, to size a search's first cut (an id may hold several rows)
         self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
@@ -19,12 +30,12 @@ class VectorCache:
     def add(self, ids, vecs: np.ndarray) -> None:
         vecs = np.asarray(vecs, dtype=np.float32)
         if self.matrix.shape[1] != vecs.shape[1]:
-            self.matrix = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+            self.matrix = np.zeros((0, vecs.shape[1]), dtype=DTYPE)
             self.n = 0
         need = self.n + len(vecs)
         if need > len(self.matrix):
             cap = max(need, 2 * len(self.matrix), 64)
-            grown = np.zeros((cap, vecs.shape[1]), dtype=np.float32)
+            grown = np.zeros((cap, vecs.shape[1]), dtype=DTYPE)
             grown[: self.n] = self.matrix[: self.n]
             grown_ids = np.zeros(cap, dtype=np.int64)
             grown_ids[: self.n] = self.ids[: self.n]
@@ -46,7 +57,9 @@ class VectorCache:
         `skip` left out."""
         if not self.n:
             return []
-        sims = self.matrix[: self.n] @ np.asarray(query, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
+        rows = torch.from_numpy(self.matrix[: self.n])
+        sims = (rows @ torch.from_numpy(query.astype(DTYPE))).float().numpy()
         # Twice the rows k ids hold on average: one cut nearly always suffices (each more
         # is another pass over every row).
         take = min(self.n, -(-2 * (k + len(skip)) * self.n // max(1, self.distinct)))
@@ -54,13 +67,14 @@ class VectorCache:
             # An id may hold several rows (a turn's sentences): widen the cut until it
             # holds k ids, or every row.  Best first, so an id's first row is its best.
             top = np.argpartition(-sims, take - 1)[:take] if take < self.n else np.arange(self.n)
-            top = top[np.argsort(-sims[top], kind="stable")]
+            exact = self.matrix[top].astype(np.float32) @ query
+            order = np.lexsort((top, -exact))  # by the float32 cosine; a tie by row
             out, seen = [], set(skip)
-            for i in top:
+            for i, sim in zip(top[order], exact[order]):
                 ref = int(self.ids[i])
                 if ref not in seen:
                     seen.add(ref)
-                    out.append((ref, float(sims[i])))
+                    out.append((ref, float(sim)))
             if len(out) >= k or take == self.n:
                 return out[:k]
             take = min(self.n, 2 * take)
