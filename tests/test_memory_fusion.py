@@ -13,9 +13,9 @@ import pytest
 
 from charlora.dialogue import Line
 from charlora.memory import MemoryStore
-from charlora.memory.vectors import DTYPE
 from charlora.memory.retrieve import (FEEDBACK_WEIGHT, KEYWORD_HALF, KEYWORD_WEIGHT, adaptive_weight, coverage,
-                                      feedback_query, retrieve)
+                                      feedback_query, feedback_text, retrieve)
+from charlora.memory.vectors import DTYPE
 
 
 def test_adaptive_weight_is_the_weight_times_the_best_coverage():
@@ -127,6 +127,32 @@ def test_the_best_matchs_words_lift_the_evidence_that_shares_them(music):
     g = FEEDBACK_WEIGHT  # no keyword match: the fused relevance is the cosine alone
     assert hits[1].relevance == pytest.approx((1 - g) * stored(0.30) + g * harp_bm25 / (harp_bm25 + KEYWORD_HALF), abs=1e-6)
     assert hits[2].relevance == pytest.approx((1 - g) * stored(0.305), abs=1e-6)  # the feedback found nothing in it
+
+
+def test_feedback_takes_the_words_of_the_sentence_the_embedding_matched():
+    chatty = "Ha, I know the feeling. " + VIOLA
+    assert feedback_text(chatty, 2) == VIOLA and feedback_text(chatty, 1) == "Ha, I know the feeling."
+    # The whole turn: its own row was best, or it has no such part (a turn of one sentence has none).
+    assert feedback_text(chatty, 0) == feedback_text(chatty, 3) == chatty and feedback_text(VIOLA, 1) == VIOLA
+
+
+def test_small_talk_around_the_best_match_finds_nothing(tmp_path):
+    # The best match is a chatty turn whose viola sentence the embedding found; its
+    # "Ha, I know the feeling." would have lifted a line about feelings by "feeling".
+    chatty, feelings = "Ha, I know the feeling. " + VIOLA, "Nobody likes that feeling."
+    store = MemoryStore(tmp_path / "m.sqlite", "Bob", "Caroline")
+    sid, _, _ = store.session("s1", 1.0)
+    for i, text in enumerate((HARP, chatty, feelings, *FILLER)):
+        store.add_turn(sid, Line("Caroline", text), 2.0 + i)
+    embedder = FixedEmbedder({PLAY: (1.0, 0.0), HARP: unit(0.30), chatty: unit(0.35), VIOLA: unit(0.50),
+                              "Ha, I know the feeling.": unit(0.05), feelings: unit(0.05),
+                              **{t: unit(0.05) for t in FILLER}})
+    hits = {h.text: h for h in retrieve(store, PLAY, "hybrid", embedder, k=9)}
+    assert hits[chatty].embedding == pytest.approx(stored(0.50))  # its best row: the viola sentence
+    g = FEEDBACK_WEIGHT
+    assert hits[HARP].relevance > (1 - g) * stored(0.30)  # "learning": lifted
+    assert hits[feelings].relevance == pytest.approx((1 - g) * stored(0.05), abs=1e-6)  # not lifted
+    store.close()
 
 
 def test_feedback_does_not_bring_back_a_line_the_window_holds(music):

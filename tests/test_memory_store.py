@@ -177,6 +177,9 @@ def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_se
     whole = turn_vectors(embedder, [said])[0]
     assert [h.id for h in hits] == [3]
     assert hits[0].embedding == pytest.approx(float(sentences[1].astype(DTYPE) @ q)) and float(sentences[1] @ q) > whole @ q
+    # Each row knows its sentence, as written and as read back: the best is the second (part 2).
+    assert [(n.id, n.part) for n in store.vectors("turn", "hash-512").search(q, 1)] == [(3, 2)]
+    assert [(n.id, n.part) for n in again.search(q, 1)] == [(3, 2)]
     # Forgetting the turn takes its sentences' vectors too (schema 3's trigger), and from the cache.
     assert store.delete_turn(3)
     assert vectors() == [("turn", 1), ("turn", 2)]
@@ -269,8 +272,8 @@ def test_vector_cache_matches_brute_force_through_adds_and_removes():
     expect = sorted(kept, key=lambda i: -float(vecs[i - 1] @ q))[:10]
     got = cache.search(q, 10, skip={42})
     held = vecs.astype(DTYPE).astype(np.float32)  # the rows as the cache holds them
-    assert [i for i, _ in got] == sorted(kept, key=lambda i: -float(held[i - 1] @ q))[:10] == expect
-    assert np.allclose([s for _, s in got], [held[i - 1] @ q for i in expect], rtol=0, atol=1e-5)
+    assert [near.id for near in got] == sorted(kept, key=lambda i: -float(held[i - 1] @ q))[:10] == expect
+    assert np.allclose([near.cosine for near in got], [held[i - 1] @ q for i in expect], rtol=0, atol=1e-5)
     assert cache.search(q, 500) and len(cache.search(q, 500)) == 297
 
 
@@ -287,8 +290,8 @@ def test_vector_cache_cosines_are_float32_ones_within_float16_rounding():
         q /= np.linalg.norm(q)
         exact = vecs @ q
         got = cache.search(q, 10)
-        assert [i for i, _ in got] == [int(i) + 1 for i in np.argsort(-exact)[:10]]
-        assert max(abs(s - exact[i - 1]) for i, s in got) < 1e-4  # 3.2e-5 here; a float16 result: 2.0e-4
+        assert [near.id for near in got] == [int(i) + 1 for i in np.argsort(-exact)[:10]]
+        assert max(abs(near.cosine - exact[near.id - 1]) for near in got) < 1e-4  # 3.2e-5 here; a float16 result: 2.0e-4
 
 
 def test_vector_cache_scores_an_id_of_several_rows_by_its_best_row():
@@ -296,15 +299,16 @@ def test_vector_cache_scores_an_id_of_several_rows_by_its_best_row():
     vecs = rng.standard_normal((200, 8)).astype(np.float32)
     owner = np.repeat(np.arange(1, 41), 5)  # 40 ids of 5 rows each: most of a top-k's rows repeat an id
     cache = VectorCache()
-    cache.add(list(owner), vecs)
-    cache.remove(7)
+    cache.add(list(owner), vecs, np.tile(np.arange(5), 40))  # each id's rows: its own, then 4 sentences
+    cache.remove(7)  # rows move into the holes, and their parts with them
     q = rng.standard_normal(8).astype(np.float32)
     vecs = vecs.astype(DTYPE).astype(np.float32)  # as the cache holds them: the exact best rows of those
     best = {i: float(max(vecs[owner == i] @ q)) for i in range(1, 41) if i not in (7, 3)}
     expect = sorted(best, key=lambda i: -best[i])[:12]
     got = cache.search(q, 12, skip={3})
-    assert [i for i, _ in got] == expect
-    assert np.allclose([s for _, s in got], [best[i] for i in expect], rtol=0, atol=1e-5)
+    assert [near.id for near in got] == expect
+    assert np.allclose([near.cosine for near in got], [best[i] for i in expect], rtol=0, atol=1e-5)
+    assert [near.part for near in got] == [int(np.argmax(vecs[owner == i] @ q)) for i in expect]
     assert len(cache.search(q, 100)) == 39
 
 

@@ -23,7 +23,7 @@ words hold.  A fixed w let one shared word ("Which football club..." ->
 embedding found; when the keyword side explains little of the question, it
 now weighs little.  Then pseudo-relevance feedback (_feedback, query
 rewriting from the memory itself): the words of the best match that the
-question lacks are searched for too, and that keyword relevance is mixed in
+question lacks (of its sentence the embedding matched, feedback_text) are searched for too, and that keyword relevance is mixed in
 at FEEDBACK_WEIGHT; the best match, even a look-alike, says it in the words
 the evidence uses, and a second hop's name ("My boss is a guy called Boris.")
 finds the other half.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
@@ -43,7 +43,7 @@ from typing import Iterable
 
 from charlora.memory.embed import Embedder, turn_rows
 from charlora.memory.store import MemoryStore
-from charlora.memory.text import content_words, fts_query
+from charlora.memory.text import content_words, fts_query, parts
 
 METHODS = ("keyword", "embedding", "hybrid")
 FUSIONS = ("weighted", "rrf")
@@ -142,7 +142,17 @@ def feedback_query(query: str, text: str) -> str:
     return fts_query(" ".join(w for w in content_words(text) if w not in asked))
 
 
-def _feedback(store: MemoryStore, query: str, fused: dict, turns: dict, skip: set, weight: float) -> dict:
+def feedback_text(text: str, part: int) -> str:
+    """The words feedback takes from the best turn: its sentence that the embedding
+    matched best (`part`, VectorCache's Near.part; 0: the whole turn).  Small talk
+    around the fact ("Ha, I know the feeling.") is no word of the evidence, and its
+    common words made the second search score a fifth of a 100k-turn memory."""
+    split = parts(text)
+    return split[part - 1] if 0 < part <= len(split) else text
+
+
+def _feedback(store: MemoryStore, query: str, fused: dict, turns: dict, skip: set, weight: float,
+              part: dict) -> dict:
     """fused relevance -> (1 - weight) x fused + weight x the keyword relevance (BM25 squashed,
     as above) of each turn for feedback_query(query, the best turn).  The best match
     is the line the question was most likely about, or its look-alike, and says
@@ -152,7 +162,7 @@ def _feedback(store: MemoryStore, query: str, fused: dict, turns: dict, skip: se
     buy?", "My boss is a guy called Boris." finds "Boris bought a piano last week."."""
     best = min((key for key in fused if key[0] == "turn" and key[1] in turns),
                key=lambda key: (-fused[key], -turns[key[1]].created, key[1]), default=None)
-    q = feedback_query(query, turns[best[1]].text) if best else ""
+    q = feedback_query(query, feedback_text(turns[best[1]].text, part.get(best[1], 0))) if best else ""
     found = {("turn", ref): s / (s + KEYWORD_HALF)
              for ref, s in store.keyword_search("turn", q, CANDIDATES + len(skip)) if ref not in skip}
     turns.update(store.turns_by_id(ref for kind, ref in found if ref not in turns))
@@ -194,6 +204,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
     skip = {"turn": set(exclude_turns), "summary": set(exclude_summaries)}
     keyword: dict[tuple[str, int], float] = {}
     dense: dict[tuple[str, int], float] = {}
+    part: dict[int, int] = {}  # turn id -> its best row's part (vectors.Near)
     if method in ("keyword", "hybrid"):
         q = fts_query(query)
         for kind in ("turn", "summary"):
@@ -204,8 +215,10 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
         ensure_vectors(store, embedder)
         qv = embedder.embed([query])[0]
         for kind in ("turn", "summary"):
-            for ref, sim in store.vectors(kind, embedder.name).search(qv, CANDIDATES, skip[kind]):
-                dense[(kind, ref)] = max(0.0, sim)
+            for near in store.vectors(kind, embedder.name).search(qv, CANDIDATES, skip[kind]):
+                dense[(kind, near.id)] = max(0.0, near.cosine)
+                if kind == "turn":
+                    part[near.id] = near.part
     turns = store.turns_by_id(r for kind, r in keyword.keys() | dense.keys() if kind == "turn")
     summaries = store.summaries() if any(kind == "summary" for kind, _ in keyword.keys() | dense.keys()) else {}
     said, best_coverage = _keyword_relevance(store, query, keyword, turns, summaries)
@@ -223,7 +236,7 @@ def retrieve(store: MemoryStore, query: str, method: str = "hybrid", embedder: E
         fused = relevance = {key: weight * (keyword.get(key, 0.0) if key in said else 0.0)
                              + (1 - weight) * dense.get(key, 0.0) for key in candidates}
         if feedback_weight > 0:
-            fused = relevance = _feedback(store, query, fused, turns, skip["turn"], feedback_weight)
+            fused = relevance = _feedback(store, query, fused, turns, skip["turn"], feedback_weight, part)
     else:
         fused = relevance = keyword if method == "keyword" else dense
     hits = []

@@ -358,7 +358,8 @@ class MemoryStore:
                 more = [(ref, flat.reshape(-1, dim)) for ref, flat in (read("sentences") if kind == "turn" else ())]
                 # One add for all: a call per turn was 1.1 s of a first recall at 100k turns.
                 cache.add([r for r, _ in pairs] + [r for r, rows in more for _ in rows],
-                          np.concatenate([np.stack([v for _, v in pairs])] + [rows for _, rows in more]))
+                          np.concatenate([np.stack([v for _, v in pairs])] + [rows for _, rows in more]),
+                          [0] * len(pairs) + [i for _, rows in more for i in range(1, len(rows) + 1)])
             self._cache[key] = cache
         return self._cache[key]
 
@@ -375,7 +376,8 @@ class MemoryStore:
                                 [(ref, model, rows[1:].tobytes()) for ref, rows in items.items() if len(rows) > 1])
         if (kind, model) in self._cache:
             self._cache[(kind, model)].add([ref for ref, rows in items.items() for _ in rows],
-                                           np.concatenate(list(items.values())))
+                                           np.concatenate(list(items.values())),
+                                           [i for rows in items.values() for i in range(len(rows))])
 
     def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str | None, str]]:
         """[(id, speaker, text)] of turns (id > `after`) or non-empty summaries (speaker None) with no

@@ -2,6 +2,8 @@
 into a VectorCache and keeps it in step with every write (store.MemoryStore.vectors)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -16,18 +18,26 @@ import torch
 DTYPE = np.float16
 
 
+class Near(NamedTuple):
+    id: int
+    cosine: float
+    part: int  # which of the id's rows was best: 0 its own, i its i-th sentence (text.parts)
+
+
 class VectorCache:
     """Unit vectors and their ids in one growing matrix: appending is amortized
     O(1) (capacity doubles), a search is one matrix-vector product."""
 
     def __init__(self) -> None:
         self.ids = np.zeros(0, dtype=np.int64)
+        self.parts = np.zeros(0, dtype=np.int16)
         self.matrix = np.zeros((0, 0), dtype=DTYPE)
         self.n = 0
         self.distinct = 0  # ids, to size a search's first cut (an id may hold several rows)
         self.checked = 0  # turns up to this id are known to have a vector (retrieve.ensure_vectors)
 
-    def add(self, ids, vecs: np.ndarray) -> None:
+    def add(self, ids, vecs: np.ndarray, parts=None) -> None:
+        """Rows `vecs` under `ids`; `parts`: each row's part (Near.part), 0 for all if None."""
         vecs = np.asarray(vecs, dtype=np.float32)
         if self.matrix.shape[1] != vecs.shape[1]:
             self.matrix = np.zeros((0, vecs.shape[1]), dtype=DTYPE)
@@ -39,9 +49,12 @@ class VectorCache:
             grown[: self.n] = self.matrix[: self.n]
             grown_ids = np.zeros(cap, dtype=np.int64)
             grown_ids[: self.n] = self.ids[: self.n]
-            self.matrix, self.ids = grown, grown_ids
+            grown_parts = np.zeros(cap, dtype=np.int16)
+            grown_parts[: self.n] = self.parts[: self.n]
+            self.matrix, self.ids, self.parts = grown, grown_ids, grown_parts
         self.matrix[self.n : need] = vecs
         self.ids[self.n : need] = ids
+        self.parts[self.n : need] = 0 if parts is None else parts
         self.n = need
         self.distinct += len(set(ids))
 
@@ -50,11 +63,10 @@ class VectorCache:
         self.distinct -= bool(len(where))
         for i in where[::-1]:  # the last row moves into the hole
             self.n -= 1
-            self.matrix[i], self.ids[i] = self.matrix[self.n], self.ids[self.n]
+            self.matrix[i], self.ids[i], self.parts[i] = self.matrix[self.n], self.ids[self.n], self.parts[self.n]
 
-    def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[tuple[int, float]]:
-        """[(id, cosine)] of the `k` nearest ids, each by its best row, best first, ids in
-        `skip` left out."""
+    def search(self, query: np.ndarray, k: int, skip=frozenset()) -> list[Near]:
+        """The `k` nearest ids, each by its best row, best first, ids in `skip` left out."""
         if not self.n:
             return []
         query = np.asarray(query, dtype=np.float32)
@@ -74,7 +86,7 @@ class VectorCache:
                 ref = int(self.ids[i])
                 if ref not in seen:
                     seen.add(ref)
-                    out.append((ref, float(sim)))
+                    out.append(Near(ref, float(sim), int(self.parts[i])))
             if len(out) >= k or take == self.n:
                 return out[:k]
             take = min(self.n, 2 * take)
