@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence, TextIO
 from charlora.dialogue import parse_line
 from charlora.errors import CharloraError
 from charlora.prompt import prompt_speakers
+from charlora.text import SPACING, clean_line, strip_controls
 
 # What ends a line in a dialogue file (parse_dialogue): \n, \r\n or \r.
 LINE_BREAK = re.compile(r"[\r\n]")
@@ -93,8 +94,10 @@ def cut_reply(text: str, name: str, speakers: Iterable[str], eos: bool = False) 
     newline ("newline") or just before another speaker's `Other:`
     ("speaker", other_speaker_at), whichever comes first; otherwise it is the
     whole text, ended by "eos" or by running out of tokens ("length").
-    Surrounding spaces go.
+    Surrounding spaces go, so do escapes and controls (before the stops are
+    looked for: memory, history and the server get the reply as it shows).
     """
+    text = strip_controls(text, keep=SPACING)  # what shows is what is kept, checked and sent
     cut, why = len(text), "eos" if eos else "length"
     newline = LINE_BREAK.search(text)
     if newline is not None:
@@ -102,7 +105,7 @@ def cut_reply(text: str, name: str, speakers: Iterable[str], eos: bool = False) 
     other = other_speaker_at(text, name, speakers)
     if other is not None and other < cut:
         cut, why = other, "speaker"
-    return text[:cut].strip(), why
+    return clean_line(text[:cut]).strip(), why
 
 
 def stream_safe(text: str, name: str, speakers: Iterable[str]) -> str:
@@ -116,7 +119,7 @@ def stream_safe(text: str, name: str, speakers: Iterable[str]) -> str:
     reply, why = cut_reply(text, name, speakers)
     if why in STOPS:
         return reply
-    body = text.lstrip().rstrip("\ufffd")
+    body = strip_controls(text, keep=SPACING).lstrip().rstrip("\ufffd")
     hold = len(body)
     for speaker in stop_speakers(name, speakers):
         # Any suffix that is a prefix of `Speaker  :` and not glued to a word.
@@ -128,15 +131,13 @@ def stream_safe(text: str, name: str, speakers: Iterable[str]) -> str:
             if speaker.startswith(head) and (not rest or rest.strip(" \t") == ""):
                 hold = min(hold, start)
                 break
-    return body[:hold].rstrip()
+    return clean_line(body[:hold]).rstrip()
 
 
 def until_eos(ids: Sequence[int], eos_token_id: int | None) -> tuple[list[int], bool]:
     """(the ids before the first EOS, whether there was one)."""
     ids = list(ids)
-    if eos_token_id is not None and eos_token_id in ids:
-        return ids[: ids.index(eos_token_id)], True
-    return ids, False
+    return (ids[: ids.index(eos_token_id)], True) if eos_token_id is not None and eos_token_id in ids else (ids, False)
 
 
 # A reply may not repeat a token n-gram of its own.  transformers'
@@ -190,9 +191,8 @@ def banned_next(ids: list[int], n: int) -> set[int]:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is picked.  The defaults are the measuring ones
-    (greedy, the reply-only trigram ban): evaluate.py's and the post-training
-    samples'; chat's own defaults are in config.ChatConfig."""
+    """How the next token is picked.  The defaults are the measuring ones (greedy, the reply-only
+    trigram ban): evaluate.py's and the post-training samples'; chat's are in config.ChatConfig."""
 
     max_new_tokens: int = 80
     """Longest reply in tokens."""
@@ -224,7 +224,6 @@ class Sampling:
 @dataclass
 class Generated:
     """One generated reply."""
-
     reply: str
     """What the character says: cut_reply of `text`."""
     ended_by: str

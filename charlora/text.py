@@ -43,14 +43,14 @@ def strip_controls(text: str, keep: str = "\n\t") -> str:
 
 # Control and separator characters that break or space text: they become a
 # space rather than vanish, so "a\tb" stays two words.
-_SPACING = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029"
-_TO_SPACE = dict.fromkeys(map(ord, _SPACING), " ")
+SPACING = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+_TO_SPACE = dict.fromkeys(map(ord, SPACING), " ")
 
 
 def clean_line(text: str) -> str:
     """One line of dialogue: controls removed, every line break and tab a
     space (other spacing kept as written)."""
-    return strip_controls(text, keep=_SPACING).translate(_TO_SPACE)
+    return strip_controls(text, keep=SPACING).translate(_TO_SPACE)
 
 
 def clean_speaker(name: str) -> str:

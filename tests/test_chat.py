@@ -40,6 +40,11 @@ ASK = "Good morning, Bob. How many apples today?"
         ("Malice: a word", True, ("Malice: a word", "eos")),
         ("Note: the apples", True, ("Note: the apples", "eos")),
         ("I am Bob: the baker", True, ("I am Bob: the baker", "eos")),
+        # What shows is what is kept and checked: escapes and controls go first.
+        ("Hi \x1b[31mthere\x1b[0m\x07!", True, ("Hi there!", "eos")),
+        ("Fine. Ali\x00ce: no", True, ("Fine.", "speaker")),
+        ("a\tb\u2028c\x0bd", False, ("a b c d", "length")),
+        ("Done.\x1b]0;title\x07\nAlice: x", True, ("Done.", "newline")),
     ],
 )
 def test_cut_reply(text, eos, expected):
@@ -65,7 +70,9 @@ def test_stream_safe_holds_back_what_may_become_a_stop(partial, shown):
     assert stream_safe(partial, "Bob", ["Alice"]) == shown
 
 
-@pytest.mark.parametrize("full", ["Sure. Alice: no", "Well, Alice said so.\nAlice:x", " One two  three ", "Ali"])
+@pytest.mark.parametrize("full", ["Sure. Alice: no", "Well, Alice said so.\nAlice:x", " One two  three ", "Ali",
+                                  "Hi \x1b[31mthere\x1b[0m. Ali\x07ce: x", "a\x1b]0;t\x07b\tc\u2028d \x1bMe",
+                                  "\x9b1mX\x00Y Alice\t: z"])
 def test_streamed_text_is_always_a_prefix_of_the_final_reply(full):
     final, _ = cut_reply(full, "Bob", ["Alice"])
     for i in range(len(full) + 1):
@@ -84,6 +91,26 @@ def test_streamer_prints_up_to_the_cut(tiny_tokenizers):
         streamer.put(torch.tensor([i]))
     streamer.finish("Sure, my lady.")
     assert out.getvalue() == "Sure, my lady.\n"
+
+
+
+def test_a_generated_escape_never_reaches_the_reply_or_the_stream(tiny_tokenizers):
+    # What finish returns is what chat keeps in memory and history and the server sends.
+    from charlora.reply import finish
+    import torch
+
+    tok = tiny_tokenizers["gpt2-like"]
+    raw = "Aye,\x1b[2J\x1b]0;pwned\x07 sir.\x07"
+    ids = tok(raw, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == raw  # byte-level: the model can write any of it
+    assert finish(tok, ids + [tok.eos_token_id], "Bob", ["Alice"]).reply == "Aye, sir."
+    out = io.StringIO()
+    streamer = ReplyStreamer(tok, "Bob", ["Alice"], out)
+    streamer.put(torch.tensor([[1, 2, 3]]))
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.finish("Aye, sir.")
+    assert out.getvalue() == "Aye, sir.\n"
 
 
 # ------------------------------------------------------ prompts and history
