@@ -7,6 +7,7 @@ and leave the file byte for byte as it was."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +329,38 @@ def test_turns_are_embedded_when_written_and_forgetting_drops_the_cached_vector(
     mem.forget("t1", history)
     hits = retrieve(mem.store, "Alice sister", "embedding", mem.embedder, k=4)
     assert 1 not in [h.id for h in hits] and mem.store.vectors("turn", "hash-512").n == 3
+
+
+class _OtherChatFirst:
+    """store.db, except that just before its first session insert another chat's
+    connection inserts a session of the same name: the race of two chats started
+    in the same second (both found the name free, then both inserted it)."""
+
+    def __init__(self, db, path, other_name):
+        self.db, self.path, self.other_name, self.done = db, path, other_name, False
+
+    def execute(self, sql, args=()):
+        if sql.startswith("INSERT INTO sessions") and not self.done:
+            self.done = True
+            other = sqlite3.connect(self.path, isolation_level=None)
+            other.execute("INSERT INTO sessions (name, started) VALUES (?, 0)", (self.other_name(args[0]),))
+            other.close()
+        return self.db.execute(sql, args)
+
+    def __getattr__(self, attr):
+        return getattr(self.db, attr)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_two_chats_starting_a_session_at_once_both_get_one(tmp_path, named):
+    path = tmp_path / "m.sqlite"
+    first = MemoryStore(path, "Bob", "Alice")
+    first.db = _OtherChatFirst(first.db, path, lambda name: name)
+    sid, name, resumed = first.session("talk" if named else None, 1_767_225_600.0)
+    if named:  # the other chat made "talk" a moment ago: this one resumes it
+        assert (name, resumed) == ("talk", True)
+    else:  # the other chat took the time's name: this one is the second of that second
+        assert (name, resumed) == (time.strftime("%Y-%m-%d-%H%M%S", time.localtime(1_767_225_600.0)) + "-2", False)
+    assert first.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()[0] == sid
+    first.db = first.db.db
+    first.close()

@@ -38,6 +38,7 @@ later turn into an unlinked file without a word) and turn SQLite's errors
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import sqlite3
@@ -244,18 +245,26 @@ class MemoryStore:
         """(id, name, resumed): the named session if it exists, else a new one
         (named by its start time when `name` is None)."""
         now = time.time() if now is None else now
-        if name is not None:
-            row = self.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                self._hold(row[0], name)
-                return row[0], name, True
-        else:
-            base = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(now))
-            name, n = base, 1
-            while self.db.execute("SELECT 1 FROM sessions WHERE name = ?", (name,)).fetchone():
-                n += 1
-                name = f"{base}-{n}"
-        cur = self._write("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+        # The insert decides whether a name is free, not a look before it (sessions.name is
+        # UNIQUE): two chats started at once both saw a name free, and the second one's
+        # insert failed with an error.  A new session is named by its start time, with
+        # "-2", "-3"... when that is taken; a named one made a moment ago by another chat
+        # is resumed (and its lock then says whether that chat still holds it).
+        base = time.strftime("%Y-%m-%d-%H%M%S", time.localtime(now)) if name is None else None
+        with self._writing():
+            for n in itertools.count(1):
+                if base is None:
+                    row = self.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()
+                    if row is not None:
+                        self._hold(row[0], name)
+                        return row[0], name, True
+                else:
+                    name = base if n == 1 else f"{base}-{n}"
+                try:
+                    cur = self.db.execute("INSERT INTO sessions (name, started) VALUES (?, ?)", (name, now))
+                    break
+                except sqlite3.IntegrityError:  # taken, perhaps a moment ago
+                    continue
         self._hold(cur.lastrowid, name)
         return cur.lastrowid, name, False
 
