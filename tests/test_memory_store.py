@@ -16,6 +16,7 @@ import chat
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
+from charlora.memory.store import searched_rows
 from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
 from charlora.memory.text import parts
@@ -166,12 +167,17 @@ def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_se
     blob = store.db.execute("SELECT vec FROM vectors WHERE kind = 'sentences'").fetchone()[0]
     sentences = np.frombuffer(blob, np.float32).reshape(-1, 512)
     assert np.allclose(sentences, turn_vectors(embedder, [("Alice", p) for p in parts(said[1])]))
-    # Read back from the file as the next chat would: turn 3's own row and its three sentences'.
+    # Read back from the file as the next chat would: turn 3 is searched by its three
+    # sentences' rows (store.searched_rows), as it was when written; turns 1 and 2, whose
+    # old vectors hold no sentences, by their own.
     reopened = MemoryStore(path, "Bob", "Alice")
     again = reopened.vectors("turn", "hash-512")
     reopened.close()
-    assert sorted(again.ids[: again.n]) == [1, 2, 3, 3, 3, 3] and again.distinct == 3
-    assert np.allclose(again.matrix[: again.n][again.ids[: again.n] == 3][1:], sentences, rtol=0, atol=5e-4)
+    for cache in (again, store.vectors("turn", "hash-512")):
+        order = np.argsort(cache.ids[: cache.n], kind="stable")
+        assert cache.ids[: cache.n][order].tolist() == [1, 2, 3, 3, 3] and cache.distinct == 3
+        assert cache.parts[: cache.n][order].tolist() == [0, 0, 1, 2, 3]
+        assert np.allclose(cache.matrix[: cache.n][order][2:], sentences, rtol=0, atol=5e-4)
     # A turn scores by its best row: the sentence that says it, above the whole turn's mean.
     q = embedder.embed(["What is Alice's brother called?"])[0]
     hits = retrieve(store, "What is Alice's brother called?", "embedding", embedder, k=1)
@@ -258,6 +264,13 @@ def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_sc
     assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 4, newer than this "
                           "charlora reads (3); update charlora or use another --memory_dir\n")
     assert (newer / "Bob--Alice.sqlite").read_bytes() == data
+
+
+def test_a_turn_of_several_sentences_is_searched_by_its_sentences_alone():
+    one, three = np.eye(4, dtype=np.float32)[:1], np.eye(4, dtype=np.float32)
+    ids, rows, parts = searched_rows({7: one, 9: three})  # 9: its own row, then three sentences'
+    assert ids == [7, 9, 9, 9] and parts == [0, 1, 2, 3]
+    assert rows.tolist() == [one[0].tolist(), *three[1:].tolist()]
 
 
 def test_vector_cache_matches_brute_force_through_adds_and_removes():

@@ -22,7 +22,8 @@ exactly as it was found.  quick_check reads every page: about 0.1 s per 100k
 turns, once per chat run.
 
 Embeddings are kept in memory too (vectors.VectorCache): read from the file once,
-then kept in step with every write, so recall never re-reads the vectors.
+then kept in step with every write, so recall never re-reads the vectors; the rows
+searched are those searched_rows picks.
 
 A session is locked while a chat has it (an OS lock on one byte of
 `<file>.lock`, at the session's id, gone with the process even if killed):
@@ -93,6 +94,19 @@ def memory_file(memory_dir: str | Path, name: str, user: str) -> Path:
         return re.sub(r"[^\w.-]+", "_", s).strip("._") or "_"
 
     return Path(memory_dir) / f"{safe(name)}--{safe(user)}.sqlite"
+
+
+def searched_rows(items: dict[int, np.ndarray]) -> tuple[list[int], np.ndarray, list[int]]:
+    """(ids, rows, parts) for VectorCache.add from {id: its stored rows} (embed.turn_rows).
+    A turn of several sentences is searched by its sentences' rows alone: its own row
+    is their mean, never the best of them for a question about one, so it only costs
+    search time (a quarter of the rows of a chatty memory).  On the tuning split,
+    chatty (bench/memory.py --chatty): recall@5 0.881 -> 0.884, paraphrase 0.709 ->
+    0.716, multi-hop 0.883 -> 0.892, the other kinds the same.  Its own row stays in
+    the file: it marks the turn as embedded, and a turn of one sentence has no other."""
+    keep = [(ref, i, rows[i]) for ref, rows in items.items()
+            for i in (range(1, len(rows)) if len(rows) > 1 else (0,))]
+    return [r for r, _, _ in keep], np.stack([v for _, _, v in keep]), [i for _, i, _ in keep]
 
 
 class MemoryStore:
@@ -364,11 +378,12 @@ class MemoryStore:
             pairs = read(kind)
             if pairs:
                 dim = len(pairs[0][1])
-                more = [(ref, flat.reshape(-1, dim)) for ref, flat in (read("sentences") if kind == "turn" else ())]
+                items = {ref: v[None] for ref, v in pairs}
+                for ref, flat in read("sentences") if kind == "turn" else ():
+                    if ref in items:
+                        items[ref] = np.concatenate([items[ref], flat.reshape(-1, dim)])
                 # One add for all: a call per turn was 1.1 s of a first recall at 100k turns.
-                cache.add([r for r, _ in pairs] + [r for r, rows in more for _ in rows],
-                          np.concatenate([np.stack([v for _, v in pairs])] + [rows for _, rows in more]),
-                          [0] * len(pairs) + [i for _, rows in more for i in range(1, len(rows) + 1)])
+                cache.add(*searched_rows(items))
             self._cache[key] = cache
         return self._cache[key]
 
@@ -384,9 +399,7 @@ class MemoryStore:
             self.db.executemany("INSERT OR REPLACE INTO vectors VALUES ('sentences', ?, ?, ?)",
                                 [(ref, model, rows[1:].tobytes()) for ref, rows in items.items() if len(rows) > 1])
         if (kind, model) in self._cache:
-            self._cache[(kind, model)].add([ref for ref, rows in items.items() for _ in rows],
-                                           np.concatenate(list(items.values())),
-                                           [i for rows in items.values() for i in range(len(rows))])
+            self._cache[(kind, model)].add(*searched_rows(items))
 
     def unembedded(self, kind: str, model: str, after: int = 0) -> list[tuple[int, str | None, str]]:
         """[(id, speaker, text)] of turns (id > `after`) or non-empty summaries (speaker None) with no
