@@ -22,7 +22,7 @@ from charlora.chat import ChatSession, Settings, handle_command
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore, extract_facts, memory_file
-from charlora.memory.retrieve import retrieve
+from charlora.memory.retrieve import retrieve, turn_keyword_search
 from charlora.memory.summarize import Summarizer, extractive_summary, grounded
 from charlora.memory.text import fts_query
 from charlora.prompt import build_prompt
@@ -130,6 +130,31 @@ def test_fts_query_quotes_content_words():
     assert fts_query("is it?") == ""
     # A possessive is the name (FTS5 would read "caroline's" as the phrase "caroline s").
     assert fts_query("What is Caroline's sister's name?") == '"caroline" OR "sister" OR "name"'
+    # Leaving words out, or only some, matched in the text alone (turn_keyword_search).
+    people = frozenset({"caroline", "simon"})
+    assert fts_query("What is Caroline's sister's name?", leave_out=people) == '"sister" OR "name"'
+    assert fts_query("What is Caroline's sister's name?", only=people) == 'text : "caroline"'
+    assert fts_query("What is my sister's name?", only=people) == ""
+
+
+def test_a_participants_name_weighs_nothing_but_keeps_lines_that_say_it(tmp_path):
+    store = MemoryStore(tmp_path / "m.sqlite", "Caroline", "Simon")
+    assert store.participants == {"caroline", "simon"}
+    sid, _, _ = store.session("s", 1.0)
+    for i, (who, text) in enumerate([("Simon", "My sister is called Ana."), ("Caroline", "Nice."),
+                                     ("Simon", "I like tea."), ("Caroline", "Simon, you are funny."),
+                                     ("Simon", "Ana is called after her aunt.")]):
+        store.add_turn(sid, Line(who, text), 2.0 + i)
+    question = "What is Simon's sister called?"
+    plain = store.keyword_search("turn", fts_query(question), 10)
+    found = turn_keyword_search(store, question, 10)
+    # The same lines, scores and order as the plain query, but Simon's line that shares
+    # no word (turn 3, which the plain query matched as his with a BM25 of ~1e-6, and
+    # FTS5 scored like half of all turns); the line that only says his name scores 0.
+    assert [ref for ref, _ in plain] == [1, 5, 3, 4] and [ref for ref, _ in found] == [1, 5, 4]
+    assert [s for _, s in found] == pytest.approx([s for ref, s in plain if ref != 3], abs=1e-5)
+    assert found[-1][1] == 0.0 and turn_keyword_search(store, question, 2) == found[:2]
+    store.close()
 
 
 def test_extract_facts():

@@ -53,6 +53,7 @@ from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.files import make_folder
 from charlora.memory.schema import MIGRATE_1, MIGRATE_2, SCHEMA, SCHEMA_VERSION
+from charlora.memory.text import content_words
 from charlora.memory.vectors import VectorCache
 
 
@@ -118,6 +119,8 @@ class MemoryStore:
             raise CharloraError(f"memory file {self.path} is a folder; give --memory_dir the folder instead")
         make_folder(self.path.parent, "; give --memory_dir a folder")
         self._cache: dict[tuple[str, str], VectorCache] = {}
+        # The two people of this memory, as keyword-query words (retrieve.turn_keyword_search).
+        self.participants = frozenset(w for person in (name, user) for w in content_words(person))
         self._lock_fd: int | None = None
         self._held: int | None = None
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0

@@ -45,11 +45,14 @@ def parts(text: str) -> list[str]:
     return found[: MAX_PARTS - 1] + [" ".join(found[MAX_PARTS - 1 :])] if len(found) > MAX_PARTS else found
 
 
-def fts_query(text: str) -> str:
-    """An FTS5 query that matches any content word of `text` ("" if none).
+def fts_query(text: str, leave_out: frozenset = frozenset(), only: frozenset | None = None) -> str:
+    """An FTS5 query that matches any content word of `text` ("" if none), but those in
+    `leave_out`; with `only`, just the words in it, each matched in the `text` column
+    alone (not as who spoke).
 
     Each word is quoted, so user text can never be read as FTS5 syntax."""
     # "Caroline's" -> "caroline": FTS5 would read it as the phrase "caroline s".
-    terms = list(dict.fromkeys(part for w in content_words(text) for part in w.removesuffix("'s").split("'")
-                               if len(part) > 1 and part not in STOPWORDS))
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    terms = [t for t in dict.fromkeys(part for w in content_words(text) for part in w.removesuffix("'s").split("'")
+                                      if len(part) > 1 and part not in STOPWORDS)
+             if t not in leave_out and (only is None or t in only)]
+    return " OR ".join(("text : " if only is not None else "") + '"' + t.replace('"', '""') + '"' for t in terms)
