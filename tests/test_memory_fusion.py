@@ -1,7 +1,7 @@
 """Hybrid recall's fusion: the keyword side's weight follows how much of the
 question its best match explains (retrieve.adaptive_weight), so one shared
 word no longer lifts a wrong line over the paraphrase the embedding found;
-then pseudo-relevance feedback (retrieve.feedback_query) searches the words of
+then pseudo-relevance feedback (retrieve.feedback_words) searches the words of
 the best match that the question lacks.  The weight tests run without the
 feedback (feedback_weight=0) so that their relevances are the fusion's alone."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from charlora.dialogue import Line
 from charlora.memory import MemoryStore
 from charlora.memory.retrieve import (FEEDBACK_WEIGHT, KEYWORD_HALF, KEYWORD_WEIGHT, adaptive_weight, coverage,
-                                      feedback_query, feedback_text, retrieve)
+                                      feedback_text, feedback_words, retrieve, turn_keyword_search)
 from charlora.memory.vectors import DTYPE
 
 
@@ -88,12 +88,12 @@ def test_a_question_its_keyword_match_explains_keeps_the_keyword_weight(store):
     assert hits[0].relevance == pytest.approx(w * hits[0].keyword + (1 - w) * stored(0.4), abs=1e-6)
 
 
-def test_feedback_query_is_the_best_matchs_content_words_the_question_lacks():
-    assert feedback_query("What does Caroline play musically?", "My niece is learning the viola too.") == \
-        '"niece" OR "learning" OR "viola"'
-    assert feedback_query("What did Nadia's boss buy?", "My boss is a guy called Boris.") == \
-        '"guy" OR "called" OR "boris"'  # "boss" is asked already
-    assert feedback_query("Is my sister well?", "My sister.") == ""  # nothing new: no second search
+def test_feedback_words_are_the_best_matchs_content_words_the_question_lacks():
+    assert feedback_words("What does Caroline play musically?", "My niece is learning the viola too.") == \
+        "niece learning viola"
+    assert feedback_words("What did Nadia's boss buy?", "My boss is a guy called Boris.") == \
+        "guy called boris"  # "boss" is asked already
+    assert feedback_words("Is my sister well?", "My sister.") == ""  # nothing new: no second search
     assert FEEDBACK_WEIGHT == 0.05
 
 
@@ -123,7 +123,7 @@ def test_the_best_matchs_words_lift_the_evidence_that_shares_them(music):
     assert [h.text for h in before] == [VIOLA, RIVER, HARP]
     hits = retrieve(store, PLAY, "hybrid", embedder, k=3)
     assert [h.text for h in hits] == [VIOLA, HARP, RIVER]
-    (harp_bm25,) = [s for ref, s in store.keyword_search("turn", feedback_query(PLAY, VIOLA), 10) if ref == 1]
+    (harp_bm25,) = [s for ref, s in turn_keyword_search(store, feedback_words(PLAY, VIOLA), 10) if ref == 1]
     g = FEEDBACK_WEIGHT  # no keyword match: the fused relevance is the cosine alone
     assert hits[1].relevance == pytest.approx((1 - g) * stored(0.30) + g * harp_bm25 / (harp_bm25 + KEYWORD_HALF), abs=1e-6)
     assert hits[2].relevance == pytest.approx((1 - g) * stored(0.305), abs=1e-6)  # the feedback found nothing in it

@@ -24,8 +24,8 @@ words hold.  A fixed w let one shared word ("Which football club..." ->
 embedding found; when the keyword side explains little of the question, it
 now weighs little.  Then pseudo-relevance feedback (_feedback, query
 rewriting from the memory itself): the words of the best match that the
-question lacks (of its sentence the embedding matched, feedback_text) are searched for too, and that keyword relevance is mixed in
-at FEEDBACK_WEIGHT; the best match, even a look-alike, says it in the words
+question lacks (of its sentence the embedding matched, feedback_text) are
+searched for too, and that keyword relevance is mixed in at FEEDBACK_WEIGHT; the best match, even a look-alike, says it in the words
 the evidence uses, and a second hop's name ("My boss is a guy called Boris.")
 finds the other half.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
 of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
@@ -162,10 +162,6 @@ def feedback_words(query: str, text: str) -> str:
     return " ".join(w for w in content_words(text) if w not in asked)
 
 
-def feedback_query(query: str, text: str) -> str:
-    """feedback_words as an FTS5 query ("" if none)."""
-    return fts_query(feedback_words(query, text))
-
 
 def feedback_text(text: str, part: int) -> str:
     """The words feedback takes from the best turn: its sentence that the embedding
@@ -179,7 +175,7 @@ def feedback_text(text: str, part: int) -> str:
 def _feedback(store: MemoryStore, query: str, fused: dict, turns: dict, skip: set, weight: float,
               part: dict) -> dict:
     """fused relevance -> (1 - weight) x fused + weight x the keyword relevance (BM25 squashed,
-    as above) of each turn for feedback_query(query, the best turn).  The best match
+    as above) of each turn for feedback_words(query, the best turn).  The best match
     is the line the question was most likely about, or its look-alike, and says
     it in the words the evidence uses: for "What does Caroline play musically?"
     the best match was "My niece is learning the viola too.", whose "learning"
