@@ -77,9 +77,9 @@ def turn_rows(embedder: Embedder, lines: Sequence[tuple[str | None, str]]) -> li
     turn's own (turn_vectors), then, for a turn of several sentences, each
     sentence's (text.parts, embedded the same way).  Recall scores a turn by
     its best row searched (store.searched_rows: a turn of several sentences by
-    its sentences' rows alone).  One vector for a whole chatty turn ("Ha, I know the feeling.
-    My sister is called Ana. The bus was late again.") is the mean of what it
-    says, and a question about one of its sentences is far from that mean: on
+    its sentences' rows alone).  One vector for a whole chatty turn ("Ha, I
+    know the feeling. My sister is called Ana. The bus was late again.") is
+    the mean of what it says, and a question about one of its sentences is far from that mean: on
     the tuning split with turns of one to three sentences (bench/memory.py
     --chatty, 10 conversations), embedding-only recall@5 was 0.701 with one
     vector a turn and 0.845 with the best row (paraphrased questions 0.531 ->

@@ -25,9 +25,10 @@ embedding found; when the keyword side explains little of the question, it
 now weighs little.  Then pseudo-relevance feedback (_feedback, query
 rewriting from the memory itself): the words of the best match that the
 question lacks (of its sentence the embedding matched, feedback_text) are
-searched for too, and that keyword relevance is mixed in at FEEDBACK_WEIGHT; the best match, even a look-alike, says it in the words
-the evidence uses, and a second hop's name ("My boss is a guy called Boris.")
-finds the other half.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
+searched for too, and that keyword relevance is mixed in at FEEDBACK_WEIGHT;
+the best match, even a look-alike, says it in the words the evidence uses,
+and a second hop's name ("My boss is a guy called Boris.") finds the other
+half.  fusion="rrf", reciprocal-rank fusion (score = sum over the rankings
 of 1 / (RRF_K + rank)), was measured against it on the tuning split and lost
 by 0.2 recall@5: a ranking that is noise for a question (keyword for a
 paraphrase) weighs as much as the one that found it (docs/benchmarks.md).
@@ -160,7 +161,6 @@ def feedback_words(query: str, text: str) -> str:
     match) that the query does not hold."""
     asked = set(content_words(query))
     return " ".join(w for w in content_words(text) if w not in asked)
-
 
 
 def feedback_text(text: str, part: int) -> str:

@@ -328,17 +328,17 @@ class MemoryStore:
         if old is not None:  # the trigger drops its stored vector; the cached one goes too
             self._drop_cached("summary", old.id)
         self._write("INSERT INTO summaries (session_id, text, first_turn, last_turn, method, updated) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
-                        "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
-                        "method = excluded.method, updated = excluded.updated",
-                        (session_id, text, first_turn, last_turn, method, now))
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET text = excluded.text, "
+                    "first_turn = excluded.first_turn, last_turn = excluded.last_turn, "
+                    "method = excluded.method, updated = excluded.updated",
+                    (session_id, text, first_turn, last_turn, method, now))
 
     def clear_summary(self, summary_id: int) -> bool:
         """Empty a summary but keep the range it covered, so the lines it
         summarized are not folded into the next summary again."""
         self._drop_cached("summary", summary_id)
         return self._write("UPDATE summaries SET text = '' WHERE id = ? AND text != ''",
-                               (summary_id,)).rowcount > 0
+                           (summary_id,)).rowcount > 0
 
     # ---------------------------------------------------------------- facts
 
@@ -346,7 +346,7 @@ class MemoryStore:
         """The new fact's id, or None when the same text is already kept."""
         now = time.time() if now is None else now
         cur = self._write("INSERT OR IGNORE INTO facts (text, turn_id, created) VALUES (?, ?, ?)",
-                              (text, turn_id, now))
+                          (text, turn_id, now))
         return cur.lastrowid if cur.rowcount else None
 
     def facts(self) -> list[Fact]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 # The matrix is held in float16.  A search reads every row, so it is bound by memory
 # bandwidth: at 100k chatty turns (274,585 rows of 384) one float32 product read 421 MB
 # and took 15.4 ms (numpy, one thread); torch's float16 product reads half and took
-# 10.1 ms, with the same 60 nearest rows (runs/vec_probe.py, 2026-12-03).  numpy has no
+# 10.1 ms, with the same 60 nearest rows (a scratch probe, 2026-12-03).  numpy has no
 # fast float16 product, hence torch.  The cut found this way is scored again in float32
 # (the stored rows upcast, against the float32 query), so a cosine is off by the rows'
 # rounding alone (3.2e-5 at most in tests/test_memory_store.py), not by a float16
@@ -69,6 +68,10 @@ class VectorCache:
         """The `k` nearest ids, each by its best row, best first, ids in `skip` left out."""
         if not self.n:
             return []
+        # Imported here, not at the top: charlora.config imports the memory package, and
+        # prepare_dataset.py started 1.7 s slower loading torch for nothing (chat has it by now).
+        import torch
+
         query = np.asarray(query, dtype=np.float32)
         rows = torch.from_numpy(self.matrix[: self.n])
         sims = (rows @ torch.from_numpy(query.astype(DTYPE))).float().numpy()
