@@ -2,11 +2,10 @@
 
 Checkpoints are transformers Trainer checkpoints (adapter, optimizer,
 scheduler, RNG states, data position) in loras/<name>/checkpoints/, so a
-resumed run continues where the interrupted one stopped.  From a checkpoint
-at an epoch's end it ends with the same adapter as an uninterrupted run with
-the same seed (tested); from one in mid-epoch it does not (a known bug: the
-batches or RNG after the resume differ; steps 22-46 of the resume test's
-3-step epochs gave weights up to 0.18 away, in a probe).  The
+resumed run continues where the interrupted one stopped, and ends with the
+same adapter as an uninterrupted run with the same seed, from a checkpoint
+at an epoch's end or in mid-epoch (tests/test_resume.py; each epoch's sample
+order comes from the seed and the epoch alone: objective.epoch_seeded).  The
 finished adapter replaces the folder only at the end; the checkpoints go with
 the run that made them.
 """

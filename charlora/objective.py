@@ -119,6 +119,39 @@ def weighted_items(batches: list[dict]):
     return sum(((b["labels"][:, 1:] != -100) * b["loss_weight"].abs()[:, None]).sum() for b in batches)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's sample order: a hash of (seed, epoch), so that
+    seed 1's first epoch is not seed 0's second."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_seeded(sampler: Any, seed: int) -> Any:
+    """transformers' length-grouped sampler, its order drawn from
+    epoch_seed(seed, epoch) instead of the global RNG.
+
+    Drawn from the global RNG, an epoch's order depended on every dropout and
+    NEFTune draw before it.  A run resumed mid-epoch restores that RNG only
+    after its first batch, so it drew the resumed epoch's order from another
+    state: the rest of that epoch saw other batches, and the adapter came out
+    up to 0.18 away from the uninterrupted run's (tests/test_resume.py).
+    Trainer calls set_epoch before each epoch, skipped batches or not."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    if type(sampler) is not LengthGroupedSampler:
+        return sampler
+
+    class EpochSeededSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+    seeded = EpochSeededSampler(sampler.batch_size, lengths=sampler.lengths)
+    seeded.set_epoch(0)
+    return seeded
+
+
 def make_trainer_class():
     from transformers import Trainer
 
@@ -152,6 +185,9 @@ def make_trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales its own
             return (loss, outputs) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            return epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)

@@ -71,7 +71,8 @@ def assert_same_adapter(folder: Path, reference: Path):
 
 def test_killed_run_resumes_to_the_same_adapter(models_dir, tiny_dataset, tmp_path, reference):
     proc = launch(args(models_dir, tmp_path, tiny_dataset, "a"))
-    wait_for(tmp_path / "a" / "checkpoints" / "checkpoint-30" / "charlora_complete", proc)
+    # checkpoint-20 is 2 steps into an epoch of 3; the run may reach 30, an epoch's end, before the kill lands
+    wait_for(tmp_path / "a" / "checkpoints" / "checkpoint-20" / "charlora_complete", proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: a crash or power cut
     proc.wait()
     assert not (tmp_path / "a" / "adapter_config.json").exists(), "the run finished before it was killed"
@@ -99,6 +100,43 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(models_dir, tiny_dataset,
 
     assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "a", "--resume")) == 0
     assert_same_adapter(tmp_path / "a", reference)
+
+
+def stop_after(step: int):
+    """make_interrupt_saver whose saver acts as if Ctrl-C came during `step`:
+    the same stop and save, at a step chosen, not one a signal happens to hit."""
+    from charlora import checkpoints
+
+    real = checkpoints.make_interrupt_saver
+
+    def make(*args, **kwargs):
+        saver = real(*args, **kwargs)
+        on_step_end = saver.on_step_end
+
+        def stop(args, state, control, **kw):
+            saver.interrupted = saver.interrupted or state.global_step == step
+            return on_step_end(args, state, control, **kw)
+
+        saver.on_step_end = stop
+        return saver
+
+    return make
+
+
+@pytest.mark.parametrize("step", [22, 47])
+def test_resume_from_mid_epoch_gives_the_same_adapter(models_dir, tiny_dataset, tmp_path, reference, monkeypatch,
+                                                       capsys, step):
+    """Stopped one and two batches into an epoch (3 steps each), resumed: the
+    rest of that epoch must see the batches the uninterrupted run saw."""
+    from charlora import checkpoints
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints, "make_interrupt_saver", stop_after(step))
+        assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "m")) == 130
+    assert f"stopped at step {step}" in capsys.readouterr().err
+    assert checkpoints.newest_checkpoint(tmp_path / "m" / "checkpoints").name == f"checkpoint-{step}"
+    assert lora_finetune.main(args(models_dir, tmp_path, tiny_dataset, "m", "--resume")) == 0
+    assert_same_adapter(tmp_path / "m", reference)
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(models_dir, tiny_dataset, tmp_path, capsys):
@@ -150,3 +188,28 @@ def test_the_retraining_pass_starts_from_an_empty_checkpoints_folder_after_a_res
     record = json.loads((tmp_path / "r" / "charlora_config.json").read_text())
     assert record["retrained_epochs"] == 2 and record["optimizer_steps"] == 6
     assert checkpoints.newest_checkpoint(tmp_path / "r" / "checkpoints") is None
+
+
+def test_an_epochs_sample_order_comes_from_the_seed_and_epoch_alone():
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from charlora.objective import epoch_seed, epoch_seeded
+
+    assert [epoch_seed(0, 0), epoch_seed(0, 1), epoch_seed(1, 0)] == [2968811710, 3964924996, 1835504127]
+    lengths = [5, 9, 2, 7, 7, 3, 8, 1, 6, 4, 9, 2]
+
+    def order(seed, epoch, noise):
+        sampler = epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed)
+        torch.manual_seed(noise)  # the global RNG: dropout, NEFTune, whatever came before
+        torch.rand(noise)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(3, 5, 0) == order(3, 5, 7)  # a resumed run's RNG cannot change it
+    assert sorted(order(3, 5, 0)) == list(range(12))
+    assert len({tuple(order(3, epoch, 0)) for epoch in range(6)}) > 1  # each epoch is shuffled anew
+    assert order(3, 0, 0) != order(4, 0, 0)
+    # other samplers (--banded's random one, seeded by accelerate) are left as they are
+    plain = torch.utils.data.SequentialSampler(lengths)
+    assert epoch_seeded(plain, 3) is plain
