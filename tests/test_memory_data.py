@@ -40,3 +40,12 @@ def test_chatty_pads_each_turn_and_keeps_paraphrases_free_of_the_evidence_words(
                     for name in chatty.speakers:
                         asked = asked.replace(name, "")
                     assert not shares_content_word(asked, chatty.lines[q.evidence[0]].text), q.text
+
+
+def test_reserved_slots_put_each_parts_top_first_then_the_hybrids_order():
+    from memory_slots import reserved
+
+    assert reserved([1, 2, 3, 4, 5, 6], [9, 1], [8, 2], 1, 1) == [9, 8, 1, 2, 3]
+    assert reserved([1, 2, 3, 4, 5, 6], [1, 7], [2, 8], 1, 1) == [1, 2, 3, 4, 5]  # already there: nothing moves
+    assert reserved([1, 2, 3, 4, 5, 6], [7, 8], [9], 2, 1) == [7, 8, 9, 1, 2]
+    assert reserved([1, 2, 3], [7], [], 0, 0) == [1, 2, 3]
