@@ -187,7 +187,17 @@ def make_trainer_class():
             return (loss, outputs) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
-            return epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
+            self.epoch_sampler = epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
+            return self.epoch_sampler
+
+        def _run_epoch(self, *args, epoch, **kwargs):
+            # accelerate's set_epoch misses the sampler in one case: a multi-process
+            # run resumed mid-epoch, whose skipping loader wraps it one level deeper
+            # (SkipBatchSampler -> BatchSamplerShard -> BatchSampler); that epoch then
+            # took epoch 0's order (tests/test_distributed.py).  transformers is pinned.
+            if hasattr(getattr(self, "epoch_sampler", None), "set_epoch"):
+                self.epoch_sampler.set_epoch(epoch)
+            return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)
