@@ -1,7 +1,9 @@
 """The training objective: cross-entropy on reply tokens only (projected only
 where a loss is taken), optionally weighted per sample, with unlikelihood for
 lines the character did not say and a KL term that keeps other speakers'
-lines at the base model's predictions, wired into transformers' Trainer.
+lines at the base model's predictions, wired into transformers' Trainer,
+whose sample order per epoch comes from the seed and the epoch alone
+(epoch_seeded), so a resumed run trains on the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -136,7 +138,8 @@ def epoch_seeded(sampler: Any, seed: int) -> Any:
     after its first batch, so it drew the resumed epoch's order from another
     state: the rest of that epoch saw other batches, and the adapter came out
     up to 0.18 away from the uninterrupted run's (tests/test_resume.py).
-    Trainer calls set_epoch before each epoch, skipped batches or not."""
+    The Trainer below calls set_epoch before each epoch (_run_epoch), skipped
+    batches or not, in one process or several."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
