@@ -86,6 +86,19 @@ def table(rows: list[dict]) -> dict:
     return out
 
 
+def duels(rows: list[dict]) -> dict:
+    """Per kind and part: in how many questions the default's recall@5 is above the
+    part's, and in how many below (a tie in the mean can be many such swaps)."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for r in rows:
+        mine = bench.recall_at(r["hybrid"][:5], r["evidence"], 5)
+        for part in ("keyword", "embedding"):
+            theirs = bench.recall_at(r[part][:5], r["evidence"], 5)
+            if mine != theirs:
+                out[r["kind"]][part][0 if mine > theirs else 1] += 1
+    return {kind: {part: {"above": a, "below": b} for part, (a, b) in parts.items()} for kind, parts in sorted(out.items())}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--split", choices=("tune", "heldout"), default="tune")
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
     rows = [r for seed, n in zip(args.seeds, args.conversations)
             for r in rankings(args.split, n, seed, args.chatty, embedder)]
     result = {"command": "python bench/memory_slots.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              **bench.environment(), "questions": len(rows), "recall@5": table(rows),
+              **bench.environment(), "questions": len(rows), "recall@5": table(rows), "default against its parts": duels(rows),
               "seconds": round(time.time() - started)}
     for name, row in result["recall@5"].items():
         print(f"{name:45}", " ".join(f"{k} {v:.4f}" for k, v in row.items()))

@@ -49,3 +49,13 @@ def test_reserved_slots_put_each_parts_top_first_then_the_hybrids_order():
     assert reserved([1, 2, 3, 4, 5, 6], [1, 7], [2, 8], 1, 1) == [1, 2, 3, 4, 5]  # already there: nothing moves
     assert reserved([1, 2, 3, 4, 5, 6], [7, 8], [9], 2, 1) == [7, 8, 9, 1, 2]
     assert reserved([1, 2, 3], [7], [], 0, 0) == [1, 2, 3]
+
+
+def test_duels_count_the_questions_won_and_lost_against_each_part():
+    from memory_slots import duels
+
+    rows = [{"kind": "single", "evidence": [1], "hybrid": [1], "keyword": [2], "embedding": [1]},
+            {"kind": "single", "evidence": [1], "hybrid": [2, 3, 4, 5, 6, 1], "keyword": [1], "embedding": [3]},
+            {"kind": "multi-hop", "evidence": [1, 2], "hybrid": [1, 2], "keyword": [1], "embedding": [1, 2]}]
+    assert duels(rows) == {"multi-hop": {"keyword": {"above": 1, "below": 0}},
+                           "single": {"keyword": {"above": 1, "below": 1}}}  # no swap with embedding: no entry
