@@ -110,6 +110,28 @@ def bm25_rankings(docs: list[str], queries: list[str], k: int) -> list[list[int]
     return [[int(i) for i, s in zip(row, srow) if s > 0] for row, srow in zip(ids, scores)]
 
 
+def feed(conv, folder: Path, embedder, count) -> tuple[ChatMemory, dict[int, int], dict]:
+    """A new memory in `folder` holding `conv` as chat.py feeds it: line by line, each at
+    the time it was said, a new session where the conversation has one.  Returns the
+    memory, {turn id: line position}, and its clock, set to a day after the last line
+    (when the questions are asked), in a new session."""
+    user, name = conv.speakers
+    clock = {"now": conv.times[0]}
+    mem = ChatMemory.open(MemorySettings(memory_dir=folder, session="s0"), name, user,
+                          count_tokens=count, embedder=embedder, clock=lambda: clock["now"])
+    ids, session = [], 0
+    for line, t, s in zip(conv.lines, conv.times, conv.sessions):
+        clock["now"] = t
+        if s != session:
+            mem.new_session()
+            session = s
+        mem.record(line)
+        ids.append(mem.ids[-1])
+    clock["now"] = conv.times[-1] + DAY
+    mem.new_session()
+    return mem, {turn_id: pos for pos, turn_id in enumerate(ids)}, clock
+
+
 def run_split(args, embedder, count) -> dict:
     convs = conversations(args.split, args.conversations, args.seed, args.chatty)
     settings = MemorySettings()
@@ -121,21 +143,7 @@ def run_split(args, embedder, count) -> dict:
     started = time.time()
     for c_i, conv in enumerate(convs):
         user, name = conv.speakers
-        clock = {"now": conv.times[0]}
-        mem = ChatMemory.open(MemorySettings(memory_dir=tmp / f"c{c_i}", session="s0"), name, user,
-                              count_tokens=count, embedder=embedder, clock=lambda: clock["now"])
-        ids = []
-        session = 0
-        for line, t, s in zip(conv.lines, conv.times, conv.sessions):
-            clock["now"] = t
-            if s != session:
-                mem.new_session()
-                session = s
-            mem.record(line)
-            ids.append(mem.ids[-1])
-        clock["now"] = conv.times[-1] + DAY
-        mem.new_session()
-        id_to_pos = {turn_id: pos for pos, turn_id in enumerate(ids)}
+        mem, id_to_pos, clock = feed(conv, tmp / f"c{c_i}", embedder, count)
         questions = conv.questions
         texts = [q.text for q in questions]
         for vname, kw in VARIANTS.items():

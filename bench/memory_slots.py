@@ -39,22 +39,7 @@ def reserved(hybrid: list[int], keyword: list[int], embedding: list[int], a: int
 def rankings(split: str, count: int, seed: int, chatty: bool, embedder) -> list[dict]:
     rows, tmp = [], Path(tempfile.mkdtemp(prefix="memory-slots-"))
     for c_i, conv in enumerate(conversations(split, count, seed, chatty)):
-        user, name = conv.speakers
-        clock = {"now": conv.times[0]}
-        mem = bench.ChatMemory.open(bench.MemorySettings(memory_dir=tmp / f"c{c_i}", session="s0"), name, user,
-                                    count_tokens=lambda text: len(text.split()), embedder=embedder,
-                                    clock=lambda: clock["now"])
-        ids, session = [], 0
-        for line, t, s in zip(conv.lines, conv.times, conv.sessions):
-            clock["now"] = t
-            if s != session:
-                mem.new_session()
-                session = s
-            mem.record(line)
-            ids.append(mem.ids[-1])
-        clock["now"] = conv.times[-1] + bench.DAY
-        mem.new_session()
-        pos = {turn: p for p, turn in enumerate(ids)}
+        mem, pos, clock = bench.feed(conv, tmp / f"c{c_i}", embedder, lambda text: len(text.split()))
         for q in conv.questions:
             row = {"kind": q.kind, "evidence": list(q.evidence)}
             for method, kw in METHODS.items():
