@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import lora_finetune
+from test_resume import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -23,6 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # its own session: a kill reaches torchrun's workers too
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "lora_finetune.py",
+                             *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 def test_two_processes_match_one(models_dir, tiny_dataset, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -31,17 +41,14 @@ def test_two_processes_match_one(models_dir, tiny_dataset, tmp_path):
     common = ["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path), "-d", str(tiny_dataset),
               "-b", "2", "-e", "2", "--sample_replies", "0", "--dtype", "fp32", "--lora_dropout", "0",
               "--neftune_noise_alpha", "0", "--learning_rate", "1e-2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                           "lora_finetune.py", *common, "-l", "ddp", "--grad_accum", "1"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = torchrun([*common, "-l", "ddp", "--grad_accum", "1"])
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
     # 2 processes x batch 2 = what one process does with batch 2 x accumulation 2
     assert lora_finetune.main([*common, "-l", "one", "--grad_accum", "2"]) == 0
 
-    assert proc.stdout.count("saved ") == 1  # only the first process reports
-    assert "4 samples (2 a batch x 1 accumulated x 2 processes)" in proc.stdout
+    assert out.count("saved ") == 1  # only the first process reports
+    assert "4 samples (2 a batch x 1 accumulated x 2 processes)" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "one"]
     ddp, one = (json.loads((tmp_path / n / "charlora_config.json").read_text()) for n in ("ddp", "one"))
     assert ddp["world_size"] == 2 and one["world_size"] == 1
@@ -53,22 +60,12 @@ def test_two_processes_match_one(models_dir, tiny_dataset, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-def torchrun(argv):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # its own session: a kill reaches torchrun's workers too
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "lora_finetune.py",
-                             *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
 def test_two_processes_killed_mid_epoch_resume_to_the_uninterrupted_adapter(models_dir, tiny_dataset, tmp_path):
     """16 samples, 2 processes x batch 2: 4 steps an epoch; checkpoint-10 is 2
     steps into the third.  The resumed epoch must see its own batches: with one
     process too few levels of wrappers hid this (the skipping loader of a
     multi-process resume kept epoch 0's order; weights 0.06 away)."""
     import signal
-    import time
 
     import torch
     from safetensors.torch import load_file
@@ -80,12 +77,7 @@ def test_two_processes_killed_mid_epoch_resume_to_the_uninterrupted_adapter(mode
     run = torchrun([*common, "-l", "whole"])
     assert run.wait(timeout=600) == 0, run.communicate()[1][-3000:]
     run = torchrun([*common, "-l", "cut"])
-    mark = tmp_path / "cut" / "checkpoints" / "checkpoint-10" / "charlora_complete"
-    end = time.time() + 300
-    while not mark.exists():
-        assert run.poll() is None, run.communicate()[1][-3000:]
-        assert time.time() < end, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for(tmp_path / "cut" / "checkpoints" / "checkpoint-10" / "charlora_complete", run, timeout=300)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert not (tmp_path / "cut" / "adapter_config.json").exists(), "the run finished before it was killed"
