@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 from charlora import cli
 from charlora.train import TrainConfig
@@ -129,4 +128,4 @@ def report(result) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_process(main())

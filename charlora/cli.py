@@ -13,8 +13,9 @@ either.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from charlora.config import LoadConfig
 from charlora.errors import CharloraError
@@ -85,3 +86,21 @@ def run(call: Callable[[], int], interrupted: str = "\ninterrupted",
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return INTERRUPTED
+
+
+def exit_process(status: int) -> NoReturn:
+    """sys.exit(status), except in one process of a multi-process run (torchrun,
+    accelerate launch: WORLD_SIZE > 1), which flushes its output and ends at
+    once (os._exit), skipping the interpreter's shutdown.  There the gloo
+    process group's worker threads still hold their last collective's tensors
+    and need the GIL to free them: at shutdown that aborts the process
+    (SIGABRT, "terminate called without an active exception", after the
+    adapter was saved; torchrun then fails the run), and destroying the group
+    before shutdown deadlocked instead (the thread freeing it holds the GIL
+    while it joins them).  Both seen with torch 2.13 on CPU.  Every file the
+    run writes is closed by then."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
