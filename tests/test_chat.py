@@ -8,7 +8,8 @@ import json
 import pytest
 
 import chat
-from charlora.chat import ChatSession, handle_command, load_history
+from charlora.chat import ChatSession, handle_command
+from charlora.history import load_history
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.prompt import build_prompt, fit_context
@@ -171,6 +172,19 @@ def test_save_then_load_round_trips(tiny_llama, tiny_tokenizers, tmp_path):
     handle_command(s, f"/load {path}", log.append)
     assert s.history == saved
     assert log == [f"(saved 8 lines to {path})", "(conversation cleared)", f"(loaded 8 lines from {path})"]
+
+
+def test_save_replaces_a_saved_conversation_and_nothing_else(tiny_llama, tiny_tokenizers, tmp_path):
+    s = session(tiny_llama, tiny_tokenizers)
+    old = tmp_path / "old.json"
+    old.write_text('[{"speaker": "Alice", "text": "Bye."}]', encoding="utf-8")
+    handle_command(s, f"/save {old}", lambda _: None)
+    assert len(json.loads(old.read_text(encoding="utf-8"))) == len(s.history) == 7
+    memory = tmp_path / "Bob--Alice.sqlite"
+    memory.write_bytes(b"SQLite format 3\x00" + bytes(100))  # the open memory file, a dialogue, a config...
+    with pytest.raises(CharloraError, match="exists and is not a saved conversation"):
+        handle_command(s, f"/save {memory}", lambda _: None)
+    assert memory.read_bytes() == b"SQLite format 3\x00" + bytes(100)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -419,7 +433,7 @@ def test_prompt_speakers(prompt, expected):
 
 
 def test_a_loaded_history_carries_no_escapes_and_no_fake_speaker_lines():
-    from charlora.chat import history_from_json
+    from charlora.history import history_from_json
 
     data = [{"speaker": "Evil\nBob", "text": "hi \x1b[31mred\x1b[0m \x1b]0;title\x07there"},
             {"speaker": None, "text": "(a door\nslams)"}]

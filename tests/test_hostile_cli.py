@@ -456,7 +456,7 @@ def test_a_memory_folder_that_is_a_file_says_so(tmp_path):
 
 def test_chat_load_of_a_fifo_is_refused_not_waited_on(tmp_path):
     """/load FILE read the FIFO forever (and /load /dev/zero until memory ran out)."""
-    from charlora.chat import load_history
+    from charlora.history import load_history
     from charlora.errors import CharloraError
 
     fifo = tmp_path / "pipe"
@@ -702,7 +702,7 @@ def test_piped_chat_skips_a_line_of_escapes_and_stops_at_a_mistake(tiny, capsys,
 ])
 def test_load_of_pathological_json_is_one_error(content, problem, tmp_path):
     """A RecursionError or ValueError traceback ended the chat."""
-    from charlora.chat import load_history
+    from charlora.history import load_history
     from charlora.errors import CharloraError
 
     path = tmp_path / "h.json"
