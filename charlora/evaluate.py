@@ -193,15 +193,21 @@ def train_missing(cfg: EvalConfig, log: Callable[[str], None]) -> None:
     """--seeds with --train_dataset: train each seed's adapter that is not there yet, at the training defaults."""
     from charlora import models
     from charlora.checkpoints import is_adapter
+    from charlora.errors import CharloraError
     from charlora.train import TrainConfig, train
 
     loras_dir, _ = models.resolve_dir(cfg.loras_dir, "loras")
-    for name, seed in adapter_names(cfg):
-        if not is_adapter(loras_dir / name):
-            log(f"training {name} (seed {seed}) on {cfg.train_dataset} at the defaults")
-            train(TrainConfig(dataset_name=cfg.train_dataset, model_name=cfg.model_name, lora_name=name, seed=seed,
-                              sample_replies=0, models_dir=cfg.models_dir, loras_dir=cfg.loras_dir, overwrite=True),
-                  log=log)
+    missing = [(name, seed) for name, seed in adapter_names(cfg) if not is_adapter(loras_dir / name)]
+    # A folder that is there but holds no adapter is the user's (an interrupted
+    # run's checkpoints, other files): training over it deleted them.
+    for name, seed in missing:
+        if (loras_dir / name).exists():
+            raise CharloraError(f"{loras_dir / name} is there but holds no finished adapter; finish it with "
+                                f"lora_finetune.py -l {name} --seed {seed} --resume, or move it away")
+    for name, seed in missing:
+        log(f"training {name} (seed {seed}) on {cfg.train_dataset} at the defaults")
+        train(TrainConfig(dataset_name=cfg.train_dataset, model_name=cfg.model_name, lora_name=name, seed=seed,
+                          sample_replies=0, models_dir=cfg.models_dir, loras_dir=cfg.loras_dir), log=log)
 
 
 def input_files(cfg: EvalConfig) -> list[Path]:

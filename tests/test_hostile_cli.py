@@ -270,6 +270,26 @@ def test_evaluate_refuses_a_long_cutoff_before_training_missing_seeds(models_dir
     assert not (tmp_path / "loras" / "bob-seed1").exists()
 
 
+def test_evaluate_seeds_leaves_a_folder_that_holds_no_adapter(models_dir, tiny_dataset, tmp_path, capsys):
+    """evaluate.py --seeds -d trained every seed whose folder held no finished
+    adapter with --overwrite: an interrupted run's checkpoints, or any file the
+    user kept there, were deleted.  Now one line, before any seed trains."""
+    import evaluate
+
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
+    kept = tmp_path / "loras" / "bob-seed2" / "checkpoints" / "checkpoint-7" / "notes.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    line = one_error(capsys, evaluate.main(["-m", "llama", "--models_dir", str(models_dir), "-n", "Bob",
+                                            "--loras_dir", str(tmp_path / "loras"), "-l", "bob", "--seeds", "2",
+                                            "-d", str(tiny_dataset), "-t", str(dialogue)]))
+    assert line == (f"error: {tmp_path / 'loras' / 'bob-seed2'} is there but holds no finished adapter; finish it "
+                    "with lora_finetune.py -l bob-seed2 --seed 2 --resume, or move it away")
+    assert kept.read_text() == "mine"
+    assert not (tmp_path / "loras" / "bob-seed1").exists()  # refused before seed 1 trained
+
+
 def test_banded_positions_past_the_models_table_are_refused(models_dir, tmp_path, capsys):
     """Positions run on through a band, so with long lines a band passed
     GPT-2's 512 learned positions although every sample fit: an IndexError
