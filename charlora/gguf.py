@@ -16,6 +16,7 @@ base weights; other families need that converter's per-architecture rules.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -176,6 +177,10 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
     except SafetensorError as exc:
         raise CharloraError(f"{weights} is not a readable safetensors file: {exc}") from None
     tensors = gguf_lora_tensors(lora, base_config)
+    ranks = {array.shape[0] for name, array in tensors.items() if name.endswith(".lora_a")}
+    if ranks != {int(config["r"])}:  # llama.cpp scales by alpha / r: a wrong r exported a wrong scale, exit 0
+        raise CharloraError(f"adapter_config.json says r {config['r']} but the weights have rank "
+                            f"{', '.join(map(str, sorted(ranks)))}: the adapter is damaged")
     # checked as every other output is: renaming over a FIFO or a device
     # (-o /dev/null, run as root) would replace it with a file, and -o naming
     # a file the export reads replaced the adapter's weights or config (or the
@@ -184,6 +189,8 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
     check_outputs([out], [weights, adapter_dir / "adapter_config.json", base_dir / "config.json"])
     real = output_target(out)  # before Path(): -o '' is refused, not taken for "."
     out = Path(out)
+    if real.is_file() and real.open("rb").read(4) != b"GGUF":  # -o dataset.txt replaced the dialogue, exit 0
+        raise CharloraError(f"{out} exists and is not a GGUF file; the export replaces only those (choose another -o)")
     tmp = real.with_name(f".{real.name}.partial")
     writer = gguf.GGUFWriter(tmp, check_base(base_config))
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -203,7 +210,8 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
         writer.close()
         tmp.replace(real)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk the cleanup raised too, a traceback
+            tmp.unlink(missing_ok=True)
         raise CharloraError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
 

@@ -545,6 +545,53 @@ def test_gguf_onto_a_file_it_reads_is_refused_and_the_file_kept(target, tiny, tm
     assert path.read_bytes() == before and not list(path.parent.glob(".*partial"))
 
 
+def test_gguf_replaces_an_old_gguf_but_no_other_file(tiny, tmp_path, capsys):
+    """-o dataset.txt replaced the dialogue with the GGUF, exit 0."""
+    other, old = tmp_path / "dataset.txt", tmp_path / "old.gguf"
+    other.write_text("Alice:Hi.\n")
+    assert export_gguf.main(gguf_args(tiny, "-o", str(old))) == 0
+    first = old.read_bytes()
+    old.write_bytes(b"GGUF" + bytes(8))  # an older export: replaced
+    assert export_gguf.main(gguf_args(tiny, "-o", str(old))) == 0
+    assert old.read_bytes() == first
+    capsys.readouterr()
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(other))))
+    assert line == f"error: {other} exists and is not a GGUF file; the export replaces only those (choose another -o)"
+    assert other.read_text() == "Alice:Hi.\n"
+
+
+def test_gguf_of_an_adapter_whose_config_misstates_its_rank_is_refused(tiny, tmp_path, capsys):
+    """r 8 in the config of rank-4 weights exported with exit 0 and twice the scale."""
+    import json
+    import shutil
+
+    loras = tmp_path / "loras"
+    shutil.copytree(tiny / "loras", loras)
+    config = json.loads((loras / "bob" / "adapter_config.json").read_text())
+    (loras / "bob" / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "--loras_dir", str(loras), "-o", str(tmp_path / "b.gguf"))))
+    assert line == "error: adapter_config.json says r 8 but the weights have rank 4: the adapter is damaged"
+    assert not (tmp_path / "b.gguf").exists()
+
+
+def test_gguf_cleanup_on_a_read_only_disk_is_no_traceback(tiny, tmp_path, capsys, monkeypatch):
+    """The cleanup of the partial file raised on a read-only file system, a
+    traceback hiding the first error."""
+    from pathlib import Path as P
+
+    def refuse(self, missing_ok=False):
+        raise OSError(30, "Read-only file system")
+
+    def no_room(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    import gguf
+    monkeypatch.setattr(P, "unlink", refuse)
+    monkeypatch.setattr(gguf.GGUFWriter, "write_header_to_file", no_room)
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(tmp_path / "b.gguf"))))
+    assert line == f"error: cannot write {tmp_path / 'b.gguf'}: No space left on device"
+
+
 def damaged_lora(tiny: Path, tmp_path: Path, how: str) -> Path:
     """A copy of loras/ whose bob has one weight damaged as `how` says."""
     import shutil
