@@ -113,12 +113,22 @@ def pick_dtype(requested: str, device: str):
     return torch.bfloat16
 
 
+def config_errors() -> tuple[type[Exception], ...]:
+    """What transformers raises for a damaged config.json: since transformers 5
+    a value of the wrong type (`"hidden_size": null`, `"num_attention_heads":
+    "9"`) or a size that does not divide is huggingface_hub's
+    StrictDataclassError, a traceback in every command before it was caught."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return OSError, ValueError, TypeError, StrictDataclassError
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as exc:  # a damaged config.json or tokenizer file, or none at all
+    except config_errors() as exc:  # a damaged config.json or tokenizer file, or none at all
         raise CharloraError(f"cannot load the tokenizer in {path}: {one_line(exc)}") from None
     if tokenizer.eos_token_id is None:
         raise CharloraError(f"the tokenizer in {path} has no end-of-sequence token; the character could not learn to stop")
@@ -236,7 +246,7 @@ def read_config(path: Path, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as exc:  # TypeError: config.json holds a list, not an object
+    except config_errors() as exc:  # TypeError: config.json holds a list, not an object
         raise CharloraError(f"cannot read the model config in {path}: {one_line(exc)}") from None
 
 

@@ -72,6 +72,12 @@ def damage(root: Path, tmp_path: Path, how: str) -> Path:
         (folder / "config.json").write_text('{"model_type": ')
     elif how == "config a list":
         (folder / "config.json").write_text("[1, 2]")
+    elif how in ("config size null", "config heads a string"):
+        import json
+
+        config = json.loads((folder / "config.json").read_text())
+        key, value = ("hidden_size", None) if how == "config size null" else ("num_attention_heads", "4")
+        (folder / "config.json").write_text(json.dumps({**config, key: value}))
     elif how == "tokenizer not JSON":
         (folder / "tokenizer.json").write_text("{")
     elif how == "no tokenizer":
@@ -109,6 +115,11 @@ DAMAGE = {
                        "is not a valid JSON file.",
     "config a list": "cannot load the tokenizer in {folder}: transformers.configuration_utils.PreTrainedConfig() "
                      "argument after ** must be a mapping, not list",
+    # transformers 5 checks a config's types: a StrictDataclassError traceback before it was caught
+    "config size null": "cannot load the tokenizer in {folder}: Validation error for field 'hidden_size': TypeError: "
+                        "Field 'hidden_size' expected int, got NoneType (value: None)",
+    "config heads a string": "cannot load the tokenizer in {folder}: Validation error for field 'num_attention_heads': "
+                             "TypeError: Field 'num_attention_heads' expected int, got str (value: '4')",
     "tokenizer not JSON": "cannot load the tokenizer in {folder}: Expecting property name enclosed in double quotes: "
                           "line 1 column 2 (char 1)",
     "no tokenizer": "cannot load the tokenizer in {folder}: Couldn't instantiate the backend tokenizer from one of: "
