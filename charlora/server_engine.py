@@ -215,6 +215,8 @@ class Engine:
         session = self.session(self.settings(req, user))
         # The prompt's own speakers end the reply too, as in a chat.
         session.history = [line for line in map(parse_line, prompt.splitlines()) if line is not None]
+        if not prompt:  # "" (or control characters alone) was a 500 from a model without a BOS token
+            raise ApiError(400, "prompt is empty: give the text to continue", "prompt")
         if session.budget is not None and session.count_tokens(prompt) > session.budget:
             raise ApiError(400, f"the prompt has {session.count_tokens(prompt)} tokens; with max_tokens "
                            f"{session.s.sampling.max_new_tokens} this model reads at most {session.budget}", "prompt",

@@ -247,6 +247,16 @@ def post(served, body, path="/chat/completions", **kw):
     return httpx.post(f"{served[0]}{path}", json=body, timeout=60, **kw)
 
 
+@pytest.mark.parametrize("prompt", ["", "\u001b[2J\u0007"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_completion_prompt_is_a_400(served, prompt, stream):
+    """"" (or control characters alone, which are cleaned away) reached the model: a 500."""
+    r = post(served, {"model": "llama", "prompt": prompt, "stream": stream}, path="/completions")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "prompt"
+    assert r.json()["error"]["message"] == "prompt is empty: give the text to continue"
+
+
 def test_any_64_bit_seed_is_taken_and_folded_into_numpys_range(served):
     """OpenAI takes 64-bit seeds; numpy's seeding refused all but 0..2**32-1 (a 500)."""
     def reply(seed):  # a new conversation each time (memory is on)
