@@ -328,9 +328,8 @@ def _layer_dims(module: Any) -> tuple[int, int] | None:
 def check_adapter_fits(adapter: Path, model: Any, model_name: str) -> None:
     """Refuse an adapter made for another base model, before PEFT fails on it.
 
-    Compares every lora_A / lora_B tensor with the layer it wraps (`model` may
-    live on the meta device); the usual cause is another model size, reported
-    as its hidden size.
+    Compares every lora_A / lora_B tensor with the layer it wraps (`model` may be
+    on the meta device); the usual cause, another model size, is named by its hidden size.
     """
     shapes = _adapter_shapes(adapter)
     if shapes is None:
@@ -341,8 +340,12 @@ def check_adapter_fits(adapter: Path, model: Any, model_name: str) -> None:
     hidden = getattr(config, "hidden_size", None)
     modules = dict(model.named_modules())
     problems: list[tuple[str, int, int, int]] = []  # (layer, want, got, which dim: 0 in / 1 out)
+    found = {key: re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key) for key in shapes}
+    if not any(found.values()):  # PEFT warned, then the base model talked as if with the adapter, exit 0
+        raise CharloraError(f"adapter {adapter} holds no LoRA weights (no lora_A / lora_B in "
+                            "adapter_model.safetensors): it is damaged")
     for key, shape in shapes.items():
-        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        m = found[key]
         if m is None or len(shape) != 2:
             continue
         layer, ab = m.groups()
@@ -366,6 +369,15 @@ def check_adapter_fits(adapter: Path, model: Any, model_name: str) -> None:
     side = "inputs" if which == 0 else "outputs"
     raise CharloraError(f"adapter {adapter} does not fit model {model_name}: layer {layer} has {want} {side}, "
                         f"the adapter expects {got}{trained}")
+
+
+def check_adapters_fit(adapters: Sequence[Path], model_path: Path, trust_remote_code: bool = False) -> None:
+    """check_adapter_fits for each adapter, on the base's layers without weights (before any are read)."""
+    from charlora import models
+
+    shapes = models.meta_model(model_path, trust_remote_code) if adapters else None
+    for adapter in adapters:
+        check_adapter_fits(adapter, shapes, model_path.name)
 
 
 def attach_adapters(model: Any, adapters: Sequence[Path], scales: Sequence[float]):
@@ -424,11 +436,7 @@ def load_with_adapters(cfg: "LoadConfig", lora_names: Sequence[str], lora_scales
             log(note)
         adapters = [find_adapter(loras_dir, name) for name in lora_names]
     scales = adapter_scales(adapters, lora_scales)
-    if adapters:
-        shapes = models.meta_model(model_path, cfg.trust_remote_code)
-        for adapter in adapters:
-            check_adapter_fits(adapter, shapes, model_path.name)
-        del shapes
+    check_adapters_fit(adapters, model_path, cfg.trust_remote_code)
     loaded = models.load_for_inference(model_path, cfg.quantization, cfg.dtype, cfg.trust_remote_code,
                                        cfg.allow_pickle, log)
     model = loaded.model

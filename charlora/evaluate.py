@@ -245,7 +245,7 @@ def training_lines(adapter_dir: Path) -> list[str] | None:
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report]:
     """evaluate.py: a Report for the base model and one for each adapter (one, or one per seed)."""
     from charlora import metrics
-    from charlora.adapter import attach_adapters, find_adapter, load_with_adapters
+    from charlora.adapter import attach_adapters, check_adapters_fit, find_adapter, load_with_adapters
     from charlora.dialogue import read_dialogue_file
     from charlora.errors import CharloraError
     from charlora import models
@@ -266,6 +266,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
         train_missing(cfg, log)
     names = adapter_names(cfg)
     paths = [find_adapter(models.resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
+    check_adapters_fit(paths, model_path, cfg.trust_remote_code)
     model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
 
     def measure(m):

@@ -621,6 +621,8 @@ def damaged_lora(tiny: Path, tmp_path: Path, how: str) -> Path:
         tensors[key] = torch.full_like(tensors[key], float("nan"))
     elif how == "another rank":
         tensors[key] = tensors[key][:2]
+    elif how == "no LoRA keys":
+        tensors = {"foo.bar": torch.zeros(3)}
     save_file(tensors, weights)
     return loras
 
@@ -633,6 +635,21 @@ LORA_DAMAGE = {
     "another rank": "the adapter's LoRA weights do not fit together: blk.0.attn_q.weight has lora_A of rank 2 and "
                     "lora_B of rank 4",
 }
+
+
+def test_an_adapter_without_lora_weights_is_refused_in_chat_and_evaluate(tiny, tmp_path, capsys):
+    """PEFT only warned of the missing keys: chat.py answered with the base model
+    and evaluate.py reported +0.0%, both exit 0."""
+    import chat
+    import evaluate
+
+    loras = damaged_lora(tiny, tmp_path, "no LoRA keys")
+    want = f"error: adapter {loras / 'bob'} holds no LoRA weights (no lora_A / lora_B in adapter_model.safetensors): it is damaged"
+    common = ["-m", "llama", "--models_dir", str(tiny / "models"), "--loras_dir", str(loras), "-l", "bob", "-n", "Bob"]
+    assert one_error(capsys, chat.main([*common, "--say", "hi"])) == want
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Alice:Hi.\nBob:Hello.\n")
+    assert one_error(capsys, evaluate.main([*common, "-t", str(dialogue)])) == want
 
 
 @pytest.mark.parametrize("how", list(LORA_DAMAGE))
