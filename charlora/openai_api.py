@@ -53,7 +53,7 @@ def field_path(loc: tuple) -> str:
 
 class Strict(BaseModel):
     # Clients send many fields we don't use (logit_bias, tools off, ...): allowed, ignored.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 def expected(what: str) -> WrapValidator:

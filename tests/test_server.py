@@ -330,6 +330,15 @@ PARTS = "a string or a list of content parts ({\"type\": \"text\", \"text\": ...
     ("/chat/completions", {"model": "llama", "messages": [*HI, {"role": "wizard", "content": "hi"}]},
      "messages[1].role",
      "messages[1].role: Input should be 'system', 'developer', 'user', 'assistant', 'tool' or 'function'"),
+    # No coercion (OpenAI refuses these too): "5" was taken as 5, true as 1 token, "yes" as streaming.
+    ("/chat/completions", {"model": "llama", "messages": HI, "max_tokens": "5"}, "max_tokens",
+     "max_tokens: Input should be a valid integer"),
+    ("/chat/completions", {"model": "llama", "messages": HI, "max_tokens": True}, "max_tokens",
+     "max_tokens: Input should be a valid integer"),
+    ("/chat/completions", {"model": "llama", "messages": HI, "stream": "yes"}, "stream",
+     "stream: Input should be a valid boolean"),
+    ("/completions", {"model": "llama", "prompt": "Bob:", "temperature": "0.5"}, "temperature",
+     "temperature: Input should be a valid number"),
     # A body that is no JSON object (was "Field required" or "Input should be a valid dictionary ...").
     ("/chat/completions", b"", None, "the request body must be a JSON object (Content-Type: application/json)"),
     ("/chat/completions", b"[1, 2]", None, "the request body must be a JSON object (Content-Type: application/json)"),
