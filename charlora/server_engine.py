@@ -80,6 +80,10 @@ class UserState:
     history: list[Line] = field(default_factory=list)
 
 
+# The most earlier lines of a new conversation that join a user's memory (~12 ms each).
+SEED_LINES = 500
+
+
 class DeferredMemory:
     """ChatMemory whose record() waits: lines go to the file only on commit(),
     one after the other, once the whole reply was generated."""
@@ -173,8 +177,10 @@ class Engine:
         pending = DeferredMemory(state.memory)
         kept = len(state.history)
         if not state.history:  # a chat the server has not seen: its earlier lines join the memory with this turn
-            state.history.extend(history)
-            pending.pending.extend(history)
+            # The newest SEED_LINES only: each is embedded and written on this one
+            # thread, and 20,000 messages (under 1 MiB) held every user up for minutes.
+            state.history.extend(history[-SEED_LINES:])
+            pending.pending.extend(history[-SEED_LINES:])
         session = self.session(settings, pending)
         session.history = state.history
         try:

@@ -223,6 +223,20 @@ def test_memory_keeps_each_users_turns(client, served):
     assert [s for s, _ in turns(root, "Zed")][0] == "Zed"
 
 
+def test_a_new_conversation_seeds_memory_with_its_newest_lines_only(served):
+    """20,000 earlier messages were all embedded and written on the one
+    generation thread: minutes in which every other user waited."""
+    from charlora.server_engine import SEED_LINES
+
+    said = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"line {i}"} for i in range(SEED_LINES + 3)]
+    r = post(served, {"model": "llama", "messages": [*said, {"role": "user", "content": "and now?"}], "max_tokens": 4,
+                      "user": "Seeder"})
+    assert r.status_code == 200, r.text
+    stored = [t for _, t in turns(served[1], "Seeder")]
+    assert stored[0] == "line 3" and stored[SEED_LINES - 1:SEED_LINES + 1] == [f"line {SEED_LINES + 2}", "and now?"]
+    assert len(stored) == SEED_LINES + 2  # and the reply
+
+
 @pytest.mark.parametrize("body, status, param", [
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
     ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature"),
