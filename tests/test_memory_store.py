@@ -6,8 +6,10 @@ damaged file, a folder and a newer schema each stop with one CharloraError
 and leave the file byte for byte as it was."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +266,24 @@ def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_sc
     assert run(newer) == (f"error: memory file {newer / 'Bob--Alice.sqlite'} has schema version 4, newer than this "
                           "charlora reads (3); update charlora or use another --memory_dir\n")
     assert (newer / "Bob--Alice.sqlite").read_bytes() == data
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_memory_on_a_read_only_disk_is_called_read_only_not_damaged(tmp_path, monkeypatch, read_only):
+    """It said "is unreadable (unable to open database file); move it away",
+    advice that throws a good memory away.  (os.access stands in for a
+    read-only mount, which root's tests can't make.)"""
+    path = tmp_path / "Bob--Alice.sqlite"
+    MemoryStore(path, "Bob", "Alice").close()
+    data = path.read_bytes()
+    where = path if read_only == "file" else tmp_path
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if (Path(p) == where and mode == os.W_OK) else real(p, mode))
+    with pytest.raises(CharloraError) as err:
+        MemoryStore(path, "Bob", "Alice")
+    assert str(err.value) == (f"memory file {path} can't be written: {where} is read-only; make it writable or give "
+                              "another --memory_dir (nothing was changed)")
+    assert path.read_bytes() == data
 
 
 def test_a_turn_of_several_sentences_is_searched_by_its_sentences_alone():

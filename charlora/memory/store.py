@@ -124,6 +124,12 @@ class MemoryStore:
         self._lock_fd: int | None = None
         self._held: int | None = None
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0
+        # SQLite says "unable to open database file" of a good memory on a
+        # read-only disk, which read as damaged ("move it away").
+        for where in ([self.path] if self.path.exists() else []) + [self.path.parent]:
+            if not os.access(where, os.W_OK):
+                raise CharloraError(f"memory file {self.path} can't be written: {where} is read-only; make it "
+                                    "writable or give another --memory_dir (nothing was changed)")
         try:
             # isolation_level=None: every statement commits on its own unless a
             # `with self.db:` block groups several.
