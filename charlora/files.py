@@ -78,6 +78,8 @@ def output_target(path: str | Path) -> Path:
     parent = real.parent
     if not parent.is_dir():
         raise CharloraError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(parent, os.W_OK):  # a read-only disk: found only at the write, after the whole run
+        raise CharloraError(f"cannot write {path}: folder {path.parent} is read-only; choose another place")
     return real
 
 

@@ -298,6 +298,21 @@ def test_a_refused_export_leaves_every_output_unwritten(tmp_path, capsys):
     assert (tmp_path / "out.json").read_text() == EARLIER
 
 
+def test_evaluate_json_into_a_read_only_folder_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    """A read-only disk was found only at the write, after the whole evaluation.
+    (os.access stands in for the read-only mount, which root's tests can't make;
+    -m nope: the model is never reached.)"""
+    import evaluate
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if (Path(p) == tmp_path and mode == os.W_OK) else real(p, mode))
+    rc = evaluate.main(["-m", "nope", "--models_dir", str(tmp_path / "models"), "-n", "Bob", "-t", str(TURING),
+                        "--json", str(tmp_path / "out.json")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err == f"error: cannot write {tmp_path / 'out.json'}: folder {tmp_path} is read-only; choose another place\n"
+
+
 @pytest.mark.parametrize("target", ["fifo", "dev null", "read-only", "read-only export", "folder", "missing folder",
                                     "symlink to dev null", "socket"])
 def test_outputs_that_must_not_be_replaced(target, tmp_path, capsys):
