@@ -33,6 +33,7 @@ put in, checked by charlora.config.check_config as chat.py's flags are.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ from fastapi import Request  # at module level: FastAPI reads the handlers' (str
 
 # The request shapes and the engine live in their own modules; their names are
 # kept importable from here (serve.py and the tests use them).
+from charlora.errors import CharloraError
 from charlora.openai_api import (ApiError, ChatRequest, ClientGone, CompletionRequest, Message,  # noqa: F401
                                  Sampling, chat_lines, chunk, cut_at_stops, envelope, field_path, finish_reason,
                                  speaker, sse, stop_list, stream_prefix, usage)
@@ -149,6 +151,14 @@ def add_error_handlers(app) -> None:
     @app.exception_handler(ClientGone)
     async def client_gone(request, exc: ClientGone):
         return JSONResponse(ApiError(499, "the client closed the connection", code="client_closed").body(), 499)
+
+    @app.exception_handler(CharloraError)
+    async def our_error(request, exc: CharloraError):
+        # The server's own files (a user's damaged or read-only memory file): a
+        # 500 that says why, one log line, not a traceback (Exception's handler
+        # runs in Starlette's outermost middleware, which logs one).
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return JSONResponse(ApiError(500, str(exc), type="server_error").body(), status_code=500)
 
     @app.exception_handler(Exception)
     async def server_error(request, exc: Exception):
@@ -269,7 +279,6 @@ def listen(host: str, port: int) -> list:
     import socket
 
     from charlora.config import require_finite
-    from charlora.errors import CharloraError
 
     require_finite("--port", port, 0, 65535)
     try:

@@ -237,6 +237,18 @@ def test_a_new_conversation_seeds_memory_with_its_newest_lines_only(served):
     assert len(stored) == SEED_LINES + 2  # and the reply
 
 
+def test_a_users_broken_memory_file_is_a_500_that_says_why_and_no_traceback(served):
+    root = served[1]
+    (root / "memory" / "Bob--Broken.sqlite").mkdir(parents=True)
+    r = post(served, {"model": "llama", "messages": HI, "user": "Broken"})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == (f"memory file {root / 'memory' / 'Bob--Broken.sqlite'} is a folder; give "
+                                            "--memory_dir the folder instead")
+    assert post(served, {"model": "llama", "messages": HI, "user": "Fine"}).status_code == 200  # still serving
+    log = (root / "server.log").read_text()
+    assert "Traceback" not in log and f"error: memory file {root / 'memory' / 'Bob--Broken.sqlite'} is a folder" in log
+
+
 @pytest.mark.parametrize("body, status, param", [
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
     ({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature"),
