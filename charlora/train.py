@@ -203,7 +203,8 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, base: Base, world: int,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup,
+        # warm-up's first step runs at rate 0: in a one-step run (a small chat) the adapter stayed all zero
+        warmup_steps=cfg.warmup if total_steps > 1 else 0,
         lr_scheduler_type="linear",
         neftune_noise_alpha=cfg.neftune_noise_alpha or None,
         # bucket samples of similar length into a batch: with per-batch padding

@@ -221,3 +221,17 @@ def test_bad_samples_refused(models_dir, tiny_dataset, tmp_path, capsys, entry, 
     data.write_text(json.dumps(samples))  # json.dumps writes a lone surrogate as \\ud800
     line = one_error(capsys, lora_finetune.main(argv(models_dir, tmp_path / "loras", data)))
     assert message in line and "entry 16" in line
+
+
+def test_a_one_step_run_trains(models_dir, tiny_dataset, tmp_path):
+    """The 5% warm-up rounded up to the whole of a one-step run (a small chat
+    export), whose one step ran at learning rate 0: every lora_B stayed 0, an
+    adapter equal to the base model, saved with exit 0."""
+    from safetensors.torch import load_file
+
+    assert lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path), "-d",
+                               str(tiny_dataset), "-l", "one", "--max_steps", "1", "--sample_replies", "0"]) == 0
+    weights = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = [t for k, t in weights.items() if "lora_B" in k]
+    assert b and all(t.abs().max() > 0 for t in b)
+    assert json.loads((tmp_path / "one" / "charlora_config.json").read_text())["optimizer_steps"] == 1
