@@ -11,6 +11,20 @@ class ContextTooLong(CharloraError):
     request's own (OpenAI's context_length_exceeded); others are the server's."""
 
 
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, or None when `exc` is not a failed write.  On a full
+    disk torch.save raises RuntimeError from its zip writer ("[enforce fail at
+    inline_container.cc:...] . unexpected pos") and safetensors its own
+    SafetensorError, not OSError: tracebacks, where training promised a line."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__name__ == "SafetensorError" or (
+            isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)):
+        return text
+    return None
+
+
 def quiet_libraries(progress_bars: bool = True) -> None:
     """Keep the terminal for what the user asked for.
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, write_failure
 from charlora.files import strict_json
 from charlora.train_config import TrainConfig, resolve_target_modules
 
@@ -134,9 +134,11 @@ def save_adapter(plan: Plan, model: Any, tokenizer: Any, samples: list[dict[str,
         adapter.plot_losses(work_dir, logged, record["eval_losses"])
         adapter.write_character(work_dir / f"{files.safe_name(character, 'character')}.yaml", card)
         replace_folder(work_dir, dest)
-    except OSError as exc:
+    except Exception as exc:
         shutil.rmtree(work_dir, ignore_errors=True)
-        raise CharloraError(f"could not write the adapter ({exc.strerror or exc}); {dest} is as it was, and the "
+        if (why := write_failure(exc)) is None:
+            raise
+        raise CharloraError(f"could not write the adapter ({why}); {dest} is as it was, and the "
                             f"finished run's checkpoint is in {plan.ckpt_dir}: free the space and rerun with --resume") from None
     return card
 

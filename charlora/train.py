@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, write_failure
 # The stages' pieces live in their own modules; the names callers and tests
 # import from charlora.train are kept here (noqa: re-exported, not used).
 from charlora.keeper import make_best_keeper
@@ -307,11 +307,11 @@ def run_trainer(setup: Setup, plan: Plan, main_process: bool):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             if dest.is_dir() and not any(dest.iterdir()):
                 dest.rmdir()
-        if isinstance(exc, OSError):  # disk full, folder gone read-only, ...
+        if (why := write_failure(exc)) is not None:  # disk full, folder gone read-only, ...
             kept = checkpoints.newest_checkpoint(ckpt_dir) if main_process else None
-            raise CharloraError(f"training stopped: could not write {exc.filename or 'a checkpoint'} "
-                                f"({exc.strerror or exc}); " + (f"{kept} is kept for --resume" if kept else
-                                                                "no checkpoint had been saved")) from None
+            raise CharloraError(f"training stopped: could not write {getattr(exc, 'filename', None) or 'a checkpoint'}"
+                                f" ({why}); " + (f"{kept} is kept for --resume" if kept else
+                                                 "no checkpoint had been saved")) from None
         raise
     seconds = time.time() - start
     if setup.saver.interrupted:

@@ -98,7 +98,24 @@ def test_truncated_dataset_is_refused_and_kept(models_dir, tiny_dataset, loras, 
     assert data.read_bytes() == raw[: len(raw) // 2] and digest(loras / "t") == before
 
 
-def test_disk_full_when_writing_the_adapter(models_dir, tiny_dataset, loras, monkeypatch, capsys):
+def disk_full(kind: str, filename) -> Exception:
+    """What a full disk raises: OSError, or (as found on a real full tmpfs) torch.save's
+    RuntimeError from its zip writer and safetensors' SafetensorError, which were tracebacks."""
+    from safetensors import SafetensorError
+
+    return {"OSError": OSError(errno.ENOSPC, "No space left on device", str(filename)),
+            "torch.save": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 960"),
+            "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+            }[kind]
+
+
+FULL_SAYS = {"OSError": "No space left on device",
+             "torch.save": "[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 960",
+             "safetensors": "Error while serializing: I/O error: No space left on device (os error 28)"}
+
+
+@pytest.mark.parametrize("kind", list(FULL_SAYS))
+def test_disk_full_when_writing_the_adapter(kind, models_dir, tiny_dataset, loras, monkeypatch, capsys):
     """The run finished; writing the new adapter fails: the old one stays, the
     finished run's checkpoint stays, and --resume then writes it without retraining."""
     import peft.peft_model
@@ -109,13 +126,13 @@ def test_disk_full_when_writing_the_adapter(models_dir, tiny_dataset, loras, mon
     def full_at_final_write(tensors, filename, *args, **kwargs):
         calls.append(filename)
         if ".t.partial" in str(filename):
-            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+            raise disk_full(kind, filename)
         return real_save(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", full_at_final_write)
     before = digest(loras / "t")
     msg = run_error(capsys, argv(models_dir, loras, tiny_dataset, "--overwrite"))
-    assert "could not write the adapter (No space left on device)" in msg and "--resume" in msg
+    assert f"could not write the adapter ({FULL_SAYS[kind]})" in msg and "--resume" in msg
     assert digest(loras / "t") == before
     assert sorted(p.name for p in loras.iterdir()) == ["t"]  # no .t.partial left
     assert (loras / "t" / "checkpoints" / "checkpoint-2" / "charlora_complete").is_file()
@@ -127,16 +144,17 @@ def test_disk_full_when_writing_the_adapter(models_dir, tiny_dataset, loras, mon
     assert digest(loras / "t") != before and not (loras / "t" / "checkpoints").exists()
 
 
-def test_disk_full_during_training(models_dir, tiny_dataset, loras, monkeypatch, capsys):
+@pytest.mark.parametrize("kind", list(FULL_SAYS))
+def test_disk_full_during_training(kind, models_dir, tiny_dataset, loras, monkeypatch, capsys):
     import peft.peft_model
 
     def full(tensors, filename, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        raise disk_full(kind, filename)
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", full)
     before = digest(loras / "t")
     msg = run_error(capsys, argv(models_dir, loras, tiny_dataset, "--overwrite", "--save_steps", "1"))
-    assert msg.startswith("error: training stopped: could not write ") and "(No space left on device)" in msg
+    assert msg.startswith("error: training stopped: could not write ") and f"({FULL_SAYS[kind]})" in msg
     assert digest(loras / "t") == before
 
 
