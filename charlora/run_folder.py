@@ -35,9 +35,9 @@ class Plan:
         return self.dest.with_name(f".{self.dest.name}.partial")
 
 
-def plan_run(cfg: TrainConfig, main_process: bool, log) -> Plan:
+def plan_run(cfg: TrainConfig, main_process: bool, log, character: str = "") -> Plan:
     """Resolve the folders, take the adapter's lock and refuse what can't end well (an existing
-    adapter, a resume on changed data, a merge over a folder, a base gguf can't export)."""
+    adapter or character file, a resume on changed data, a merge over a folder, a base gguf can't export)."""
     from charlora import checkpoints, files, guards, models
 
     models_dir, note = models.resolve_dir(cfg.models_dir, "models")
@@ -52,7 +52,11 @@ def plan_run(cfg: TrainConfig, main_process: bool, log) -> Plan:
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
     ensure_writable(loras_dir)
     if cfg.export_character:  # a file in its place was a traceback after the whole run
-        ensure_writable(models.resolve_dir(cfg.characters_dir, "characters")[0])
+        characters_dir = models.resolve_dir(cfg.characters_dir, "characters")[0]
+        ensure_writable(characters_dir)
+        card = characters_dir / f"{files.safe_name(character, 'character')}.yaml"
+        if card.exists() and not cfg.overwrite:  # the user's own, hand-made file was replaced
+            raise CharloraError(f"{card} already exists; add --overwrite to replace it, or move it away")
     ckpt_dir = dest / checkpoints.CHECKPOINTS
     settings = {**asdict(cfg), checkpoints.DATASET_DIGEST: guards.file_digest(cfg.dataset_name)}
     resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None

@@ -412,7 +412,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if not main_process:
         log = lambda *args, **kwargs: None  # noqa: E731
     samples = load_samples(cfg.dataset_name)
-    plan = plan_run(cfg, main_process, log)
+    plan = plan_run(cfg, main_process, log, character_name(samples))
 
     # Only now, after the checks of the user's own input: importing the
     # training stack takes seconds and can log library warnings (bitsandbytes

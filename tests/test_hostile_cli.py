@@ -341,17 +341,23 @@ def test_export_character_into_a_file_or_onto_a_fifo(models_dir, tiny_dataset, t
     whole run; a FIFO where Bob.yaml goes made the run hang at its end (open for writing)."""
     import lora_finetune
 
-    def run(characters: Path, name: str) -> int:
+    def run(characters: Path, name: str, *extra: str) -> int:
         return lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(tmp_path / "loras"),
                                    "-d", str(tiny_dataset), "-l", name, "--max_steps", "1", "--sample_replies", "0",
-                                   "--dtype", "fp32", "--export_character", "--characters_dir", str(characters)])
+                                   "--dtype", "fp32", "--export_character", "--characters_dir", str(characters), *extra])
 
     (tmp_path / "afile").write_text("x")
     assert one_error(capsys, run(tmp_path / "afile", "a")) == f"error: cannot write to {tmp_path / 'afile'}: it is a file, not a folder"
     assert not (tmp_path / "loras" / "a").exists()  # refused before training
     (tmp_path / "chars").mkdir()
+    (tmp_path / "chars" / "Bob.yaml").write_text("name: Bob\ncontext: my own\n")  # the user's hand-made file
+    assert one_error(capsys, run(tmp_path / "chars", "c")) == (
+        f"error: {tmp_path / 'chars' / 'Bob.yaml'} already exists; add --overwrite to replace it, or move it away")
+    assert (tmp_path / "chars" / "Bob.yaml").read_text() == "name: Bob\ncontext: my own\n"  # was replaced, exit 0
+    assert not (tmp_path / "loras" / "c").exists()  # refused before training
+    (tmp_path / "chars" / "Bob.yaml").unlink()
     os.mkfifo(tmp_path / "chars" / "Bob.yaml")
-    rc = run(tmp_path / "chars", "b")
+    rc = run(tmp_path / "chars", "b", "--overwrite")
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / 'chars' / 'Bob.yaml'}: it is not a regular "
