@@ -20,6 +20,7 @@ session recalled for what was just said (README: "Chat memory"):
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from charlora import cli
@@ -71,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from charlora.chat import run
 
-    return cli.run(lambda: run(from_args(ChatConfig, args), sys.stdin, sys.stdout, sys.stderr))
+    if sys.stdout is None:  # `>&-`: the replies went nowhere, exit 0
+        print("error: standard output is closed; the replies would have nowhere to go", file=sys.stderr)
+        return cli.USER_ERROR
+    # `<&-` (no stdin at all) reads as an empty one, as `< /dev/null` does: an AttributeError traceback before
+    stdin = sys.stdin if sys.stdin is not None else open(os.devnull, encoding="utf-8")
+    return cli.run(lambda: run(from_args(ChatConfig, args), stdin, sys.stdout, sys.stderr))
 
 
 if __name__ == "__main__":

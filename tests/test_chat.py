@@ -439,3 +439,17 @@ def test_a_loaded_history_carries_no_escapes_and_no_fake_speaker_lines():
             {"speaker": None, "text": "(a door\nslams)"}]
     lines = history_from_json(data, "h.json")
     assert [(line.speaker, line.text) for line in lines] == [("Evil Bob", "hi red there"), (None, "(a door slams)")]
+
+
+def test_chat_with_stdout_closed_is_an_error_and_with_stdin_closed_an_empty_input(models_dir, monkeypatch, capsys):
+    """`chat.py >&-` printed nothing and exited 0; `chat.py <&-` was an
+    AttributeError traceback (sys.stdin is None)."""
+    args = ["-m", "llama", "--models_dir", str(models_dir), "-n", "Bob", "--dtype", "fp32"]
+    monkeypatch.setattr("sys.stdout", None)
+    assert chat.main(args) == 2
+    assert capsys.readouterr().err == "error: standard output is closed; the replies would have nowhere to go\n"
+    monkeypatch.undo()
+    monkeypatch.setattr("sys.stdin", None)
+    assert chat.main(args) == 0  # as with `< /dev/null`: no line, no reply
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Bob:" not in out
