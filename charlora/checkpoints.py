@@ -12,6 +12,7 @@ the run that made them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -103,6 +104,10 @@ def check_resumable(folder: Path, settings: dict[str, Any]) -> None:
                             "--overwrite to start over")
     saved.pop(DATASET_DIGEST, None)
     settings = {k: v for k, v in settings.items() if k != DATASET_DIGEST}
+    # One file by two names (-d bob.json, then -d ./bob.json) is the same dataset.
+    for both in (saved, settings):
+        if isinstance(both.get("dataset_name"), str):
+            both["dataset_name"] = os.path.realpath(both["dataset_name"])
     changed = [k for k in sorted(set(saved) | set(settings))
                if k not in RESUME_FREE and saved.get(k) != settings.get(k)]
     if changed:

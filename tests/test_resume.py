@@ -213,3 +213,17 @@ def test_an_epochs_sample_order_comes_from_the_seed_and_epoch_alone():
     # other samplers (--banded's random one, seeded by accelerate) are left as they are
     plain = torch.utils.data.SequentialSampler(lengths)
     assert epoch_seeded(plain, 3) is plain
+
+
+def test_resume_takes_the_same_dataset_by_another_name_but_not_another_dataset(tmp_path, monkeypatch):
+    """-d bob.json, then -d ./bob.json --resume was refused as other settings."""
+    from charlora.checkpoints import check_resumable, record_run
+    from charlora.errors import CharloraError
+
+    monkeypatch.chdir(tmp_path)
+    run = {"dataset_name": "bob.json", "epochs": 3, "dataset_sha256": "abc"}
+    record_run(tmp_path / "ck", run)
+    check_resumable(tmp_path / "ck", {**run, "dataset_name": "./bob.json"})
+    check_resumable(tmp_path / "ck", {**run, "dataset_name": str(tmp_path / "bob.json")})
+    with pytest.raises(CharloraError, match="other settings"):
+        check_resumable(tmp_path / "ck", {**run, "dataset_name": "ann.json"})
