@@ -397,3 +397,15 @@ def test_two_chats_starting_a_session_at_once_both_get_one(tmp_path, named):
     assert first.db.execute("SELECT id FROM sessions WHERE name = ?", (name,)).fetchone()[0] == sid
     first.db = first.db.db
     first.close()
+
+
+def test_two_chats_creating_one_new_memory_file_at_once_both_open_it(tmp_path, monkeypatch):
+    """Both saw no schema, both created it; the second got "table meta already
+    exists", reported as "unreadable ... move it away".  Here the other chat's
+    schema lands between this one's look at the file and its creation."""
+    path = tmp_path / "Bob--Alice.sqlite"
+    MemoryStore(path, "Bob", "Alice").close()  # the other chat, first
+    monkeypatch.setattr(MemoryStore, "_check", lambda self: 0)  # this one looked while the file was still empty
+    store = MemoryStore(path, "Bob", "Alice")
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'user'").fetchone() == ("Alice",)
+    store.close()

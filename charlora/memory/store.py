@@ -220,8 +220,16 @@ class MemoryStore:
         if version == 0:
             # One transaction: a file is either a whole schema with its version or untouched.
             quote = lambda s: "'" + s.replace("'", "''") + "'"
-            self.db.executescript(f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('character', {quote(name)}), "
-                                  f"('user', {quote(user)}); PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            try:
+                self.db.executescript(f"BEGIN; {SCHEMA} INSERT INTO meta VALUES ('character', {quote(name)}), "
+                                      f"('user', {quote(user)}); PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            except sqlite3.OperationalError:
+                # Two chats creating one new file at once: the other's schema landed first
+                # ("table meta already exists"), which was reported as a damaged file.
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    raise
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         if (meta.get("character"), meta.get("user")) != (name, user):
             raise CharloraError(f"memory file {self.path} belongs to {meta.get('character')!r} talking with "
