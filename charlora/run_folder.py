@@ -159,7 +159,19 @@ def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict, characte
         files.write_text_atomic(adapter.character_yaml(card), path)
         exported.append(path)
     if plan.merge_dest is not None:
-        adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
+        # The adapter is saved by now: a Ctrl-C here said "no adapter was written", a full disk was a traceback.
+        from charlora.checkpoints import Interrupted
+
+        try:
+            adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped during the merge: the adapter is saved in {plan.dest}, the merged model "
+                              f"{plan.merge_dest} was not written") from None
+        except Exception as exc:
+            if (why := write_failure(exc)) is None:
+                raise
+            raise CharloraError(f"could not write the merged model {plan.merge_dest} ({why}); the adapter is saved "
+                                f"in {plan.dest}") from None
         exported.append(plan.merge_dest)
     if cfg.export_gguf:
         from charlora import gguf

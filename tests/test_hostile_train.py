@@ -235,3 +235,31 @@ def test_a_one_step_run_trains(models_dir, tiny_dataset, tmp_path):
     b = [t for k, t in weights.items() if "lora_B" in k]
     assert b and all(t.abs().max() > 0 for t in b)
     assert json.loads((tmp_path / "one" / "charlora_config.json").read_text())["optimizer_steps"] == 1
+
+
+@pytest.mark.parametrize("fault, status, said", [
+    ("ctrl-c", 130, "interrupted: stopped during the merge: the adapter is saved in {dest}, the merged model "
+                    "{merged} was not written"),
+    ("disk full", 2, "error: could not write the merged model {merged} (No space left on device); the adapter is "
+                     "saved in {dest}"),
+])
+def test_a_merge_that_fails_says_the_adapter_was_saved(fault, status, said, models_dir, tiny_dataset, tmp_path,
+                                                       monkeypatch, capsys):
+    """Ctrl-C during --merge said "no adapter was written" of a saved adapter; a
+    full disk there (safetensors' SafetensorError) was a traceback."""
+    import errno
+
+    from charlora import adapter
+
+    def fail(*args, **kwargs):
+        if fault == "ctrl-c":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(adapter, "merge_into_model", fail)
+    loras = tmp_path / "loras"
+    rc = lora_finetune.main(argv(models_dir, loras, tiny_dataset, "s", "--merge"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == status and "Traceback" not in "\n".join(err)
+    assert err[-1] == said.format(dest=loras / "s", merged=models_dir / "llama-s")
+    assert (loras / "s" / "adapter_model.safetensors").is_file()
