@@ -139,6 +139,11 @@ def gguf_lora_tensors(state: Mapping[str, Any], base_config: Mapping[str, Any]) 
     return out
 
 
+def read_magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -189,7 +194,7 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
     check_outputs([out], [weights, adapter_dir / "adapter_config.json", base_dir / "config.json"])
     real = output_target(out)  # before Path(): -o '' is refused, not taken for "."
     out = Path(out)
-    if real.is_file() and real.open("rb").read(4) != b"GGUF":  # -o dataset.txt replaced the dialogue, exit 0
+    if real.is_file() and read_magic(real) != b"GGUF":  # -o dataset.txt replaced the dialogue, exit 0
         raise CharloraError(f"{out} exists and is not a GGUF file; the export replaces only those (choose another -o)")
     tmp = real.with_name(f".{real.name}.partial")
     writer = gguf.GGUFWriter(tmp, check_base(base_config))

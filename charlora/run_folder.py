@@ -25,6 +25,8 @@ class Plan:
     """The run's flags and the dataset's digest: what --resume must find unchanged."""
     resume_from: Path | None
     merge_dest: Path | None
+    character_file: Path | None
+    """Where --export_character writes, checked here and written by export_extras."""
     target_modules: Any
     lock: Any
     """The adapter name's lock, held as long as the plan is (train() keeps it to the end)."""
@@ -51,12 +53,13 @@ def plan_run(cfg: TrainConfig, main_process: bool, log, character: str = "") -> 
     lock = guards.lock_adapter(loras_dir, cfg.lora_name) if main_process else None
     dest = adapter_destination(loras_dir, cfg.lora_name, cfg.overwrite, cfg.resume)
     ensure_writable(loras_dir)
+    character_file = None
     if cfg.export_character:  # a file in its place was a traceback after the whole run
         characters_dir = models.resolve_dir(cfg.characters_dir, "characters")[0]
         ensure_writable(characters_dir)
-        card = characters_dir / f"{files.safe_name(character, 'character')}.yaml"
-        if card.exists() and not cfg.overwrite:  # the user's own, hand-made file was replaced
-            raise CharloraError(f"{card} already exists; add --overwrite to replace it, or move it away")
+        character_file = characters_dir / f"{files.safe_name(character, 'character')}.yaml"
+        if character_file.exists() and not cfg.overwrite:  # the user's own, hand-made file was replaced
+            raise CharloraError(f"{character_file} already exists; add --overwrite to replace it, or move it away")
     ckpt_dir = dest / checkpoints.CHECKPOINTS
     settings = {**asdict(cfg), checkpoints.DATASET_DIGEST: guards.file_digest(cfg.dataset_name)}
     resume_from = checkpoints.newest_checkpoint(ckpt_dir) if cfg.resume else None
@@ -71,7 +74,7 @@ def plan_run(cfg: TrainConfig, main_process: bool, log, character: str = "") -> 
 
         gguf.check_base(gguf.read_json(model_path / "config.json"))
     target_modules = resolve_target_modules(cfg.target_modules)
-    return Plan(model_path, dest, ckpt_dir, settings, resume_from, merge_dest, target_modules, lock)
+    return Plan(model_path, dest, ckpt_dir, settings, resume_from, merge_dest, character_file, target_modules, lock)
 
 
 def adapter_destination(loras_dir: Path, lora_name: str, overwrite: bool, resume: bool = False) -> Path:
@@ -147,17 +150,15 @@ def save_adapter(plan: Plan, model: Any, tokenizer: Any, samples: list[dict[str,
     return card
 
 
-def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict, character: str) -> list[Path]:
+def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict) -> list[Path]:
     """What --export_character, --merge and --export_gguf ask for, beside the adapter."""
-    from charlora import adapter, files, models
+    from charlora import adapter, files
 
     exported = []
-    if cfg.export_character:
-        characters_dir, _ = models.resolve_dir(cfg.characters_dir, "characters")
-        path = characters_dir / f"{files.safe_name(character, 'character')}.yaml"
+    if plan.character_file is not None:
         # atomic and checked: the user's folder may hold a FIFO or a read-only file of that name
-        files.write_text_atomic(adapter.character_yaml(card), path)
-        exported.append(path)
+        files.write_text_atomic(adapter.character_yaml(card), plan.character_file)
+        exported.append(plan.character_file)
     if plan.merge_dest is not None:
         # The adapter is saved by now: a Ctrl-C here said "no adapter was written", a full disk was a traceback.
         from charlora.checkpoints import Interrupted

@@ -179,8 +179,9 @@ class Engine:
         if not state.history:  # a chat the server has not seen: its earlier lines join the memory with this turn
             # The newest SEED_LINES only: each is embedded and written on this one
             # thread, and 20,000 messages (under 1 MiB) held every user up for minutes.
-            state.history.extend(history[-SEED_LINES:])
-            pending.pending.extend(history[-SEED_LINES:])
+            seeded = history[-SEED_LINES:]
+            state.history.extend(seeded)
+            pending.pending.extend(seeded)
         session = self.session(settings, pending)
         session.history = state.history
         try:
@@ -218,11 +219,11 @@ class Engine:
         # Continued as written, line breaks too, but cleaned as chat lines are: a
         # lone surrogate (JSON's "\ud800") made the tokenizer fail (a 500).
         prompt = strip_controls(prompts[0])
+        if not prompt:  # "" (or control characters alone) was a 500 from a model without a BOS token
+            raise ApiError(400, "prompt is empty: give the text to continue", "prompt")
         session = self.session(self.settings(req, user))
         # The prompt's own speakers end the reply too, as in a chat.
         session.history = [line for line in map(parse_line, prompt.splitlines()) if line is not None]
-        if not prompt:  # "" (or control characters alone) was a 500 from a model without a BOS token
-            raise ApiError(400, "prompt is empty: give the text to continue", "prompt")
         if session.budget is not None and session.count_tokens(prompt) > session.budget:
             raise ApiError(400, f"the prompt has {session.count_tokens(prompt)} tokens; with max_tokens "
                            f"{session.s.sampling.max_new_tokens} this model reads at most {session.budget}", "prompt",

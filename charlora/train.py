@@ -437,7 +437,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         result.main_process = False
         return result
     card = save_adapter(plan, model, base.tokenizer, samples, record, logged)
-    result.exported.extend(export_extras(cfg, plan, base.dtype, card, record["character"]))
+    result.exported.extend(export_extras(cfg, plan, base.dtype, card))
 
     if data.show:
         from charlora.reply import sample_reply as generate_reply
