@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from charlora.cli import USER_ERROR
+from charlora.cli import USER_ERROR, GuardedOutput
 from charlora.config import ChatConfig, chat_settings, check_config
 from charlora.dialogue import Line
-from charlora.errors import CharloraError, ContextTooLong, quiet_libraries
+from charlora.errors import CharloraError, ContextTooLong, OutputFailed, quiet_libraries
 from charlora.history import load_history, save_history
 from charlora.models import max_positions
 from charlora.prompt import build_prompt, fit_context
@@ -300,9 +300,9 @@ class Terminal:
     fake one in tests, or pipes (one turn a line, no prompts)."""
 
     def __init__(self, cfg: ChatConfig, stdin: TextIO, stdout: TextIO):
-        self.stdin, self.stdout = stdin, stdout
+        self.stdin, self.stdout = stdin, GuardedOutput(stdout)
         self.interactive = stdin.isatty()
-        self.stream = stdout if self.interactive and not cfg.json and stdout.isatty() else None
+        self.stream = self.stdout if self.interactive and not cfg.json and stdout.isatty() else None
         # The real terminal: input() gives line editing (and history, with readline).
         self.line_editing = self.interactive and stdin is sys.stdin and stdout is sys.stdout
         if self.line_editing:
@@ -330,9 +330,10 @@ class Terminal:
 def converse(cfg: ChatConfig, session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO,
              log: Callable[[str], None]) -> int:
     """The turns until /quit, end of input or Ctrl-C at the prompt -> exit status."""
+    out = GuardedOutput(stdout)
 
     def emit(reply: Reply) -> None:
-        print(reply.as_json() if cfg.json else strip_controls(reply.reply), file=stdout, flush=True)
+        print(reply.as_json() if cfg.json else strip_controls(reply.reply), file=out, flush=True)
 
     if cfg.say is not None:
         emit(session.say(cfg.say))
@@ -378,6 +379,8 @@ def turn(session: ChatSession, text: str, term: Terminal, emit: Callable[[Reply]
         if term.interactive:
             log("(bye)")
         return 0
+    except OutputFailed:
+        raise  # no later reply could be shown either: the chat ends (cli.run prints it)
     except CharloraError as exc:
         if started:
             term.write("\n")

@@ -18,7 +18,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from charlora.config import LoadConfig
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, OutputFailed
 from charlora.reply import Sampling
 
 USER_ERROR = 2
@@ -86,6 +86,39 @@ def run(call: Callable[[], int], interrupted: str = "\ninterrupted",
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return INTERRUPTED
+
+
+class GuardedOutput:
+    """A text stream whose failed writes are OutputFailed, one `error:` line,
+    instead of an OSError traceback (`chat.py > /dev/full`, `| head -1`).
+    After a failure the file descriptor is pointed at /dev/null, so that the
+    interpreter's last flush of the same buffer can't print a second complaint."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the stream's own
+        return getattr(self.stream, name)
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            try:
+                fd = self.stream.fileno()
+            except (OSError, ValueError, AttributeError):
+                fd = None  # not a file (a test's StringIO): nothing will flush it at exit
+            if fd is not None:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            raise OutputFailed(f"cannot write to standard output ({exc.strerror or exc}); stopped") from None
+
+    def write(self, text: str) -> int:
+        return self._guard(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
 
 
 def exit_process(status: int) -> NoReturn:

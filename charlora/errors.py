@@ -11,6 +11,11 @@ class ContextTooLong(CharloraError):
     request's own (OpenAI's context_length_exceeded); others are the server's."""
 
 
+class OutputFailed(CharloraError):
+    """Standard output refused a write (a full disk behind `> file`, a closed
+    pipe): the run ends with one line, as no later reply could reach the user."""
+
+
 def write_failure(exc: BaseException) -> str | None:
     """Why a write failed, or None when `exc` is not a failed write.  On a full
     disk torch.save raises RuntimeError from its zip writer ("[enforce fail at

@@ -11,7 +11,7 @@ import chat
 from charlora.chat import ChatSession, handle_command
 from charlora.history import load_history
 from charlora.dialogue import Line
-from charlora.errors import CharloraError
+from charlora.errors import CharloraError, OutputFailed
 from charlora.prompt import build_prompt, fit_context
 from charlora.reply import ReplyStreamer, cut_reply, stream_safe
 from conftest import chat_history, chat_session
@@ -453,3 +453,35 @@ def test_chat_with_stdout_closed_is_an_error_and_with_stdin_closed_an_empty_inpu
     assert chat.main(args) == 0  # as with `< /dev/null`: no line, no reply
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "Bob:" not in out
+
+
+class FullDisk(io.StringIO):
+    """Standard output on a full disk (`> /dev/full`)."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_write_to_stdout_ends_the_chat_with_one_line(trained, monkeypatch):
+    """`chat.py > /dev/full` was an OSError traceback; from a pipe the next
+    turns would each have generated a reply that could reach no one."""
+    from charlora.chat import run
+
+    said = []
+    monkeypatch.setattr(ChatSession, "generate", lambda self, prompt, stream=None: said.append(prompt) or ("Hi.", "eos"))
+    args = chat.make_parser().parse_args(chat_args(trained, "-l", "t", "--greedy"))
+    with pytest.raises(OutputFailed, match=r"^cannot write to standard output \(No space left on device\); stopped$"):
+        run(args, io.StringIO(f"{ASK}\nAnd pears?\n"), FullDisk(), io.StringIO())
+    assert len(said) == 1
+    # Through the script, into the real /dev/full: one line, exit 2, and no
+    # "Exception ignored" complaint from the interpreter's last flush.
+    import subprocess
+    import sys
+    from conftest import REPO
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, str(REPO / "chat.py"), *chat_args(trained, "-l", "t", "--greedy",
+                                                                                 "--say", ASK)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, cwd=REPO)
+    assert (done.returncode, done.stderr) == (
+        2, "error: cannot write to standard output (No space left on device); stopped\n")
