@@ -21,12 +21,12 @@ from collections import Counter
 from charlora import scrub
 from charlora import cli
 from charlora.errors import CharloraError
-from charlora.exports import EXPORTS, export_paths, write_exports
-from charlora.files import check_outputs
+from charlora.exports import EXPORTS, export_files, export_paths
+from charlora.files import check_outputs, json_text, write_texts_atomic
 from charlora.readers import CHAT_FORMATS, DEFAULT_SCENE_GAP_MINUTES, FORMATS, read_source
 from charlora.source import source_path, source_record
 from charlora.samples import (build_samples, merge_aliases, missing_speaker_message, parse_names, speaker_counts,
-                              summarize, write_json_atomic)
+                              summarize)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -131,10 +131,14 @@ def prepare(args) -> int:
         samples = build_samples(lines, name, args.rounds, split_scenes=split)
         if not samples:
             raise CharloraError(missing_speaker_message(", ".join(names), speaker_counts(source.lines), args.txtfilename))
-        write_json_atomic(samples, args.jsonfilename)
-        # every line, for held-out tails, other speakers' samples and the data report (charlora.source)
-        write_json_atomic(source_record(lines, name, args.rounds, split), source_path(args.jsonfilename))
-        exported = write_exports(samples, args.jsonfilename, args.export)
+        exports = export_files(samples, args.jsonfilename, args.export)
+        # The samples, every line beside them (for held-out tails, other speakers'
+        # samples and the data report: charlora.source) and the exports, all or
+        # none: a full disk left new samples beside an old .source.json.
+        write_texts_atomic([(json_text(samples), args.jsonfilename),
+                            (json_text(source_record(lines, name, args.rounds, split)), source_path(args.jsonfilename)),
+                            *exports])
+        exported = [path for _, path in exports]
     except CharloraError as exc:
         say(f"error: {exc}", file=sys.stderr)
         return 2

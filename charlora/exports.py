@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from charlora.files import strict_json, write_text_atomic
+from charlora.files import strict_json
 
 
 def to_openai(samples: Sequence[dict[str, str]]) -> str:
@@ -43,10 +43,9 @@ def export_paths(dataset: str | Path, kinds: Sequence[str]) -> dict[str, Path]:
     return {kind: export_path(dataset, kind) for kind in dict.fromkeys(kinds)}
 
 
-def write_exports(samples: Sequence[dict[str, str]], dataset: str | Path, kinds: Sequence[str]) -> list[Path]:
-    """Write each asked-for export beside the dataset file, atomically (the
-    caller checks every destination first: charlora.files.check_outputs)."""
-    paths = export_paths(dataset, kinds)
-    for kind, path in paths.items():
-        write_text_atomic(EXPORTS[kind][1](samples), path)
-    return list(paths.values())
+def export_files(samples: Sequence[dict[str, str]], dataset: str | Path,
+                 kinds: Sequence[str]) -> list[tuple[str, Path]]:
+    """(text, path) of each asked-for export beside the dataset file, for
+    files.write_texts_atomic (the caller checks every destination first:
+    charlora.files.check_outputs)."""
+    return [(EXPORTS[kind][1](samples), path) for kind, path in export_paths(dataset, kinds).items()]

@@ -1,7 +1,8 @@
 """Every file charlora writes goes through here: atomic, strict, and confined.
 
 - write_text_atomic / write_json_atomic: a temp file beside the target, then a
-  rename, so a crash leaves the old file or the new one, never half of one.
+  rename, so a crash leaves the old file or the new one, never half of one
+  (write_texts_atomic: several files that belong together, all or none).
   The new file gets the permissions an ordinary `open(path, "w")` would give
   (the umask's, or the replaced file's own), not mkstemp's 0600.  Targets
   that are not regular files (a FIFO, a device) or are read-only are refused:
@@ -19,7 +20,7 @@ import stat
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from charlora.errors import CharloraError
 
@@ -85,6 +86,30 @@ def output_target(path: str | Path) -> Path:
 
 def write_text_atomic(text: str, path: str | Path) -> None:
     """Write UTF-8 text to a temp file beside `path`, then rename it over `path`."""
+    write_texts_atomic([(text, path)])
+
+
+def write_texts_atomic(items: Sequence[tuple[str, str | Path]]) -> None:
+    """Several files that belong together (a dataset and its .source.json):
+    every temp file is written and synced before the first is renamed over
+    its path, so a full disk leaves all of the old files or (barring a failed
+    rename) all of the new ones, never a new dataset beside an old source."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for text, path in items:
+            staged.append(_stage(text, path))
+        for tmp, real in staged:
+            os.replace(tmp, real)
+    except BaseException as exc:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CharloraError(f"cannot write {real}: {exc.strerror or exc}") from None
+        raise
+
+
+def _stage(text: str, path: str | Path) -> tuple[str, Path]:
+    """A synced temp file beside `path` holding `text`, with the mode `path` has or would get."""
     real = output_target(path)
     try:
         mode = stat.S_IMODE(real.stat().st_mode)
@@ -104,12 +129,12 @@ def write_text_atomic(text: str, path: str | Path) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, real)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise CharloraError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+    return tmp, real
 
 
 def finite(obj: Any) -> Any:
@@ -130,7 +155,12 @@ def strict_json(obj: Any, indent: int | None = 2) -> str:
 
 def write_json_atomic(obj: Any, path: str | Path) -> None:
     """Strict JSON (UTF-8, indented), written atomically."""
-    write_text_atomic(strict_json(obj) + "\n", path)
+    write_text_atomic(json_text(obj), path)
+
+
+def json_text(obj: Any) -> str:
+    """What write_json_atomic writes (for write_texts_atomic)."""
+    return strict_json(obj) + "\n"
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

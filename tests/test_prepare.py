@@ -166,6 +166,30 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path):
     assert list(tmp_path.iterdir()) == [out]  # no temp file left behind
 
 
+def test_a_full_disk_leaves_the_dataset_and_its_source_a_pair(capsys, tmp_path, monkeypatch):
+    """The samples were renamed into place before the .source.json was written:
+    a full disk there left new samples beside the old source (training then
+    noted the mismatch and dropped the held-out-aware data)."""
+    import os
+
+    out = tmp_path / "o.json"
+    assert prepare_dataset.main(["-n", "Bob", "-t", str(TURING), "-j", str(out), "--export", "openai"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["o.json", "o.openai.jsonl", "o.source.json"]
+    real_fsync, calls = os.fsync, []
+
+    def full_on_the_second(fd):  # the .source.json's temp file: the disk is full by then
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_on_the_second)
+    message = error_of(capsys, "-n", "Alice", "-t", str(TURING), "-j", str(out), "--export", "openai")
+    assert message == f"error: cannot write {tmp_path / 'o.source.json'}: No space left on device\n"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old three, and no temp file
+
+
 def test_summary_is_printed(capsys, tmp_path):
     assert prepare_dataset.main(["-n", "Bob", "-t", str(TURING), "-j", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
