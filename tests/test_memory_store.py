@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
 from charlora.memory.text import parts
 from charlora.memory.vectors import DTYPE, VectorCache
+from conftest import REPO
 from test_memory import Clock, HashEmbedder, words
 
 # Schema 1 exactly as charlora/memory/store.py wrote it before schema 2 (commit eb41077).
@@ -231,6 +234,37 @@ def test_a_damaged_file_is_refused_and_left_as_it_was(tmp_path):
     assert str(err.value) == (f"memory file {path} is unreadable (damaged: Page 5: btreeInitPage() returns error "
                               "code 11); move it away to start a new memory, nothing was changed")
     assert path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.lock"]  # no -wal, no -shm
+
+
+FULL_DISK = """
+import resource, signal, sys
+from charlora.memory import MemoryStore
+from charlora.errors import CharloraError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    MemoryStore(sys.argv[1], "Bob", "Alice")
+except CharloraError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_a_disk_that_takes_no_more_leaves_nothing_behind_and_says_so(tmp_path, new):
+    """A new user's memory on a full disk left a 0-byte file, and an existing
+    memory was called "unreadable (disk I/O error); move it away", advice
+    that throws a good memory away.  A file-size limit stands in for the full
+    disk: writes past it fail as they would there."""
+    path = tmp_path / "Bob--Alice.sqlite"
+    if not new:
+        MemoryStore(path, "Bob", "Alice").close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    said = subprocess.run([sys.executable, "-c", FULL_DISK, str(path), "0"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert said.stdout.startswith(f"cannot open memory file {path} (") and said.stdout.endswith(
+        "): the disk is full or failing; free some space or give another --memory_dir (nothing was changed)\n"), said
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_chat_py_gives_one_error_line_for_a_damaged_file_a_folder_and_a_newer_schema(tmp_path, capsys):

@@ -123,6 +123,20 @@ class MemoryStore:
         self.participants = frozenset(w for person in (name, user) for w in content_words(person))
         self._lock_fd: int | None = None
         self._held: int | None = None
+        # What opening adds and a failed open must take away again: a new
+        # user's file (0 bytes when the disk was full), the WAL's -wal and -shm
+        # (which even the read-only check creates).
+        created = [p for p in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm")))
+                   if not p.exists()]
+        try:
+            self._connect(name, user)
+        except BaseException:
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise
+
+    def _connect(self, name: str, user: str) -> None:
         version = self._check() if self.path.exists() and self.path.stat().st_size else 0
         # SQLite says "unable to open database file" of a good memory on a
         # read-only disk, which read as damaged ("move it away").
@@ -140,8 +154,7 @@ class MemoryStore:
             self._open(version, name, user)
         except sqlite3.DatabaseError as exc:
             self.db.close()
-            raise CharloraError(f"memory file {self.path} is unreadable ({exc}); move it away to start a new "
-                                "memory, nothing was changed") from None
+            raise self._unopenable(exc) from None
         except BaseException:
             self.db.close()
             raise
@@ -182,16 +195,23 @@ class MemoryStore:
             self.db.execute("BEGIN")
             yield
 
+    def _unopenable(self, exc: sqlite3.Error) -> CharloraError:
+        """What SQLite's failure to open or read the file means to the user: a
+        full or failing disk (a good memory read as "damaged" there), or a damaged file."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            return CharloraError(f"cannot open memory file {self.path} ({exc}): the disk is full or failing; "
+                                 "free some space or give another --memory_dir (nothing was changed)")
+        return CharloraError(f"memory file {self.path} is unreadable ({exc}); move it away to start a new "
+                             "memory, nothing was changed")
+
     def _check(self) -> int:
         """The schema version of an existing file, read without writing to it;
         CharloraError for a file this code must not touch."""
-        unreadable = (f"memory file {self.path} is unreadable ({{}}); move it away to start a new memory, "
-                      "nothing was changed")
         try:
             # mode=ro: nothing here can change the file (the WAL index, if any, lives in -shm).
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
         except sqlite3.Error as exc:
-            raise CharloraError(unreadable.format(exc)) from None
+            raise self._unopenable(exc) from None
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]  # reads the header: fails on a non-database
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -204,9 +224,11 @@ class MemoryStore:
             problems = [r[0] for r in db.execute("PRAGMA quick_check(1)")]
             if problems != ["ok"]:  # e.g. "*** in database main ***\nPage 5: btreeInitPage() returns error code 11"
                 first = [p for p in "\n".join(problems).splitlines() if p and not p.startswith("***")][:1]
-                raise CharloraError(unreadable.format("damaged: " + (first[0] if first else "quick_check failed")))
+                raise CharloraError(f"memory file {self.path} is unreadable (damaged: "
+                                    f"{first[0] if first else 'quick_check failed'}); move it away to start a "
+                                    "new memory, nothing was changed")
         except sqlite3.DatabaseError as exc:
-            raise CharloraError(unreadable.format(exc)) from None
+            raise self._unopenable(exc) from None
         finally:
             db.close()
         return version
