@@ -257,7 +257,7 @@ def run_latency(args, embedder) -> dict:
         t0 = time.perf_counter()
         retrieve(store, questions[0], embedder=embedder.model, k=5)
         first_ms = (time.perf_counter() - t0) * 1000
-        searched = store.vectors("turn", embedder.name).n  # store.searched_rows: fewer than stored
+        searched = store.vectors("turn", embedder.name).n  # vectors.searched_rows: fewer than stored
         times, cpu = [], []
         for q in questions[1 : 1 + args.latency_queries]:
             t0, c0 = time.perf_counter(), time.process_time()

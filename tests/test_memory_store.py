@@ -20,7 +20,7 @@ import chat
 from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory import SCHEMA_VERSION, ChatMemory, MemorySettings, MemoryStore
-from charlora.memory.store import searched_rows
+from charlora.memory.vectors import searched_rows
 from charlora.memory.embed import turn_rows, turn_vectors
 from charlora.memory.retrieve import retrieve
 from charlora.memory.text import parts
@@ -173,7 +173,7 @@ def test_a_schema_2_file_migrates_keeping_its_vectors_and_new_turns_get_their_se
     sentences = np.frombuffer(blob, np.float32).reshape(-1, 512)
     assert np.allclose(sentences, turn_vectors(embedder, [("Alice", p) for p in parts(said[1])]))
     # Read back from the file as the next chat would: turn 3 is searched by its three
-    # sentences' rows (store.searched_rows), as it was when written; turns 1 and 2, whose
+    # sentences' rows (vectors.searched_rows), as it was when written; turns 1 and 2, whose
     # old vectors hold no sentences, by their own.
     reopened = MemoryStore(path, "Bob", "Alice")
     again = reopened.vectors("turn", "hash-512")

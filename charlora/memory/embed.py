@@ -76,7 +76,7 @@ def turn_rows(embedder: Embedder, lines: Sequence[tuple[str | None, str]]) -> li
     """Every vector stored for each (speaker, text) turn, an (n, dim) array: the
     turn's own (turn_vectors), then, for a turn of several sentences, each
     sentence's (text.parts, embedded the same way).  Recall scores a turn by
-    its best row searched (store.searched_rows: a turn of several sentences by
+    its best row searched (vectors.searched_rows: a turn of several sentences by
     its sentences' rows alone).  One vector for a whole chatty turn ("Ha, I
     know the feeling. My sister is called Ana. The bus was late again.") is
     the mean of what it says, and a question about one of its sentences is far from that mean: on

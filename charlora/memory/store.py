@@ -23,7 +23,7 @@ turns, once per chat run.
 
 Embeddings are kept in memory too (vectors.VectorCache): read from the file once,
 then kept in step with every write, so recall never re-reads the vectors; the rows
-searched are those searched_rows picks.
+searched are those vectors.searched_rows picks.
 
 A session is locked while a chat has it (an OS lock on one byte of
 `<file>.lock`, at the session's id, gone with the process even if killed):
@@ -54,7 +54,7 @@ from charlora.errors import CharloraError
 from charlora.files import make_folder
 from charlora.memory.schema import MIGRATE_1, MIGRATE_2, SCHEMA, SCHEMA_VERSION
 from charlora.memory.text import content_words
-from charlora.memory.vectors import VectorCache
+from charlora.memory.vectors import VectorCache, searched_rows
 
 
 
@@ -95,19 +95,6 @@ def memory_file(memory_dir: str | Path, name: str, user: str) -> Path:
         return re.sub(r"[^\w.-]+", "_", s).strip("._") or "_"
 
     return Path(memory_dir) / f"{safe(name)}--{safe(user)}.sqlite"
-
-
-def searched_rows(items: dict[int, np.ndarray]) -> tuple[list[int], np.ndarray, list[int]]:
-    """(ids, rows, parts) for VectorCache.add from {id: its stored rows} (embed.turn_rows).
-    A turn of several sentences is searched by its sentences' rows alone: its own row
-    is their mean, never the best of them for a question about one, so it only costs
-    search time (a quarter of the rows of a chatty memory).  On the tuning split,
-    chatty (bench/memory.py --chatty): recall@5 0.881 -> 0.884, paraphrase 0.709 ->
-    0.716, multi-hop 0.883 -> 0.892, the other kinds the same.  Its own row stays in
-    the file: it marks the turn as embedded, and a turn of one sentence has no other."""
-    keep = [(ref, i, rows[i]) for ref, rows in items.items()
-            for i in (range(1, len(rows)) if len(rows) > 1 else (0,))]
-    return [r for r, _, _ in keep], np.stack([v for _, _, v in keep]), [i for _, i, _ in keep]
 
 
 class MemoryStore:
