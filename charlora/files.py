@@ -35,6 +35,17 @@ def _umask() -> int:
     return mask
 
 
+def ordinary_modes(folder: str | Path) -> None:
+    """Give every file under `folder` the mode `open(path, "w")` would (0666
+    less the umask).  safetensors 0.8 writes its files 0600, so an adapter or
+    merged model trained by one account could not be read by a webui running
+    as another (a container's user), though every other file beside it could."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def make_folder(folder: str | Path, hint: str = "") -> Path:
     """Create `folder` and its parents, or raise CharloraError in one line
     (`hint` appended): mkdir's own "File exists" does not say that the

@@ -140,6 +140,7 @@ def save_adapter(plan: Plan, model: Any, tokenizer: Any, samples: list[dict[str,
         adapter.write_card(work_dir, record, logged)
         adapter.plot_losses(work_dir, logged, record["eval_losses"])
         adapter.write_character(work_dir / f"{files.safe_name(character, 'character')}.yaml", card)
+        files.ordinary_modes(work_dir)
         replace_folder(work_dir, dest)
     except Exception as exc:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -165,6 +166,7 @@ def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict) -> list[
 
         try:
             adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
+            files.ordinary_modes(plan.merge_dest)  # safetensors writes 0600
         except KeyboardInterrupt:
             raise Interrupted(f"stopped during the merge: the adapter is saved in {plan.dest}, the merged model "
                               f"{plan.merge_dest} was not written") from None

@@ -118,6 +118,19 @@ def test_merged_model_matches_base_plus_adapter(trained, models_dir):
     torch.testing.assert_close(merged_logits, peft_logits, rtol=1e-4, atol=1e-4)
 
 
+def test_the_adapter_and_the_merged_model_are_readable_as_every_other_file(trained, models_dir):
+    """safetensors 0.8 writes its files 0600: the weights alone, of all the files
+    in the folder, could not be read by a webui running as another user."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in (trained / "loras" / "bob", models_dir / "llama-bob"):
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir() if p.is_file()}
+        assert "adapter_model.safetensors" in modes or "model.safetensors" in modes
+        assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
 def test_merge_refuses_to_overwrite(trained, models_dir, tiny_dataset, capsys):
     rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(trained / "loras"),
                              "-d", str(tiny_dataset), "-l", "bob", "--overwrite", "--merge"])
