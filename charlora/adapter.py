@@ -410,13 +410,13 @@ def attach_adapters(model: Any, adapters: Sequence[Path], scales: Sequence[float
 
 def adapter_scales(adapters: Sequence[Path], scales: Sequence[float] | None) -> list[float]:
     """One factor per adapter from --lora_scale: none (1 each), one for all, or one each."""
+    if scales and not adapters:  # accepted in silence, and the base model answered unscaled
+        raise CharloraError("--lora_scale scales adapters, and no adapter was given (-l/--lora_name)")
     scales = list(scales or [1.0])
-    if len(scales) == 1:
-        return scales * len(adapters)
-    if len(scales) != len(adapters):
+    if len(scales) not in (1, len(adapters)):
         raise CharloraError(f"--lora_scale takes one factor for all adapters or one per adapter "
                             f"({len(adapters)}), got {len(scales)}")
-    return scales
+    return scales * len(adapters) if len(scales) == 1 else scales
 
 
 def load_with_adapters(cfg: "LoadConfig", lora_names: Sequence[str], lora_scales: Sequence[float] | None,

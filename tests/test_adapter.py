@@ -36,6 +36,13 @@ def test_adapter_scales(scales, expected, tmp_path):
 def test_adapter_scales_refuses_a_count_that_fits_neither_rule(tmp_path):
     with pytest.raises(CharloraError, match=r"one per adapter \(2\), got 3"):
         adapter_scales([tmp_path / "a", tmp_path / "b"], [1.0, 1.0, 1.0])
+    assert adapter_scales([], None) == []  # the base model alone
+
+
+def test_a_scale_without_an_adapter_is_refused():
+    """chat.py --lora_scale 0.5 with no -l was accepted in silence: the base model answered, unscaled."""
+    with pytest.raises(CharloraError, match=r"^--lora_scale scales adapters, and no adapter was given \(-l/--lora_name\)$"):
+        adapter_scales([], [0.5])
 
 
 def test_character_context_has_no_line_twice_and_keeps_its_token_budget(tiny_tokenizers):
