@@ -242,6 +242,8 @@ def handle_command(session: ChatSession, line: str, log: Callable[[str], None]) 
     command, _, arg = line.partition(" ")
     arg = arg.strip()
     memory = session.memory
+    if arg and command in ("/quit", "/reset", "/memory"):  # "/memory Sam" listed everything, as if asked
+        raise CharloraError(f"{command} takes nothing after it (got {arg!r})")
     if command == "/quit":
         raise Quit
     if memory is not None and command == "/memory":

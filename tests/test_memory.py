@@ -328,6 +328,12 @@ def test_memory_and_forget_commands(tmp_path, tiny_tokenizers):
     assert (summary.text, summary.last_turn) == ("Alice: Is my dog Rex a good dog?", 7)
     with pytest.raises(CharloraError, match="no item s9 in this memory"):
         handle_command(s, "/forget s9", log.append)
+    # "/memory Rex" listed everything as if asked; "/reset now" cleared the conversation.
+    history = list(s.history)
+    for command in ("/memory Rex", "/reset now", "/quit please"):
+        with pytest.raises(CharloraError, match=rf"^{command.split()[0]} takes nothing after it \(got '{command.split()[1]}'\)$"):
+            handle_command(s, command, log.append)
+    assert s.history == history
 
 
 def test_forget_errors_and_remember(tmp_path):
