@@ -73,7 +73,7 @@ def memory(tmp_path, clock=None, **settings) -> ChatMemory:
 
 def test_new_file_has_schema_version_and_wal(tmp_path):
     path = memory_file(tmp_path, "Sir Toby", "Maria/../x")
-    assert path == tmp_path / "Sir_Toby--Maria_.._x.sqlite"
+    assert path == tmp_path / "Sir_Toby~785e849a--Maria_.._x~7dd5cefb.sqlite"
     store = MemoryStore(path, "Sir Toby", "Maria/../x")
     sid, name, resumed = store.session("s1", 1.0)
     store.add_turn(sid, Line("Maria/../x", "hello"), 2.0)
@@ -84,6 +84,29 @@ def test_new_file_has_schema_version_and_wal(tmp_path):
     assert db.execute("SELECT speaker, text FROM turns").fetchall() == [("Maria/../x", "hello")]
     again = MemoryStore(path, "Sir Toby", "Maria/../x")
     assert again.session("s1") == (sid, "s1", True)
+
+
+def test_names_reduced_alike_get_files_of_their_own_and_old_files_stay_theirs(tmp_path):
+    """"Ann Lee", "Ann_Lee" and "Ann'Lee" all made Bob--Ann_Lee.sqlite: the
+    first to chat owned it and every other was refused, for good."""
+    assert memory_file(tmp_path, "Bob", "Ann_Lee") == tmp_path / "Bob--Ann_Lee.sqlite"  # a plain name is as it was
+    paths = {memory_file(tmp_path, "Bob", user) for user in ("Ann Lee", "Ann_Lee", "Ann'Lee")}
+    assert len(paths) == 3
+    for user in ("Ann Lee", "Ann_Lee", "Ann'Lee"):
+        MemoryStore(memory_file(tmp_path, "Bob", user), "Bob", user).close()
+    # A memory from before, named the old way, is still found by its pair...
+    old = tmp_path / "old"
+    MemoryStore(old / "Sir_Toby--Maria.sqlite", "Sir Toby", "Maria").close()
+    assert memory_file(old, "Sir Toby", "Maria") == old / "Sir_Toby--Maria.sqlite"
+    # ...and not by another pair that reduces to the same name, which gets its own.
+    assert memory_file(old, "Sir_Toby", "Maria") == old / "Sir_Toby--Maria.sqlite"  # plain: the same name as ever
+    assert memory_file(old, "Sir-Toby", "Maria") == old / "Sir-Toby--Maria.sqlite"
+    assert memory_file(old, "Sir  Toby", "Maria").name.startswith("Sir_Toby~")
+    # An old file that can't be read is still this pair's: its own error says why, not a fresh memory beside it.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "Sir_Toby--Maria.sqlite").write_bytes(b"not a database " * 10)
+    assert memory_file(broken, "Sir Toby", "Maria") == broken / "Sir_Toby--Maria.sqlite"
 
 
 def test_corrupt_newer_foreign_and_other_pair_files_are_refused_untouched(tmp_path):

@@ -27,7 +27,8 @@ from charlora.dialogue import Line
 from charlora.errors import CharloraError
 from charlora.memory.embed import Embedder, turn_rows
 from charlora.memory.retrieve import RECENCY_WEIGHT, Hit, retrieve
-from charlora.memory.store import MemoryStore, memory_file
+from charlora.memory.paths import memory_file
+from charlora.memory.store import MemoryStore
 from charlora.memory.summarize import SEPARATOR, Summarizer
 from charlora.memory.text import sentences
 from charlora.prompt import build_prompt, fit_context

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -87,14 +86,6 @@ class Fact:
     id: int
     text: str
     created: float
-
-
-def memory_file(memory_dir: str | Path, name: str, user: str) -> Path:
-    """<memory_dir>/<name>--<user>.sqlite, names reduced to safe file-name characters."""
-    def safe(s: str) -> str:
-        return re.sub(r"[^\w.-]+", "_", s).strip("._") or "_"
-
-    return Path(memory_dir) / f"{safe(name)}--{safe(user)}.sqlite"
 
 
 class MemoryStore:
