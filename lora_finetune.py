@@ -40,6 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad_accum", type=int, default=D.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--warmup", type=float, default=D.warmup, help="linear warm-up, as a share of all optimizer steps")
     p.add_argument("--target_modules", default=D.target_modules, help="'all-linear', 'default' (PEFT's per-architecture q/v map) or a comma list of module names")
+    p.add_argument("--lora_layers", type=int, default=D.lora_layers, help="LoRA on the last N transformer blocks only; the blocks below get no backward pass (0: every block)")
     p.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], default=D.quantization, help="auto: 16-bit when the model fits in memory, else 8-bit (8-bit trains ~2x slower)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default=D.dtype, help="auto: bf16 on CPU and recent GPUs, fp16 on older GPUs")
     p.add_argument("--eval_split", type=float, default=D.eval_split,

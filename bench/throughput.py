@@ -32,6 +32,9 @@ Variants (`--variants`; VARIANTS below is the one source of each one's settings)
                  tokens count both passes)
   8bit           default + --quantization 8bit --gradient_checkpointing (the
                  smallest-memory path; 8-bit is slow on CPU)
+  layers15, layers10  default + --lora_layers 15 / 10: LoRA on the last 15 / 10
+                 of the 30 blocks, no backward pass below them (a smaller
+                 adapter: not the same LoRA, and its quality is measured apart)
   trl_defaults   TRL's SFTTrainer with SFTConfig's own defaults where we set
                  none: gradient checkpointing ON (SFTConfig's default in 1.16),
                  random batches, padded per batch
@@ -44,7 +47,7 @@ Variants (`--variants`; VARIANTS below is the one source of each one's settings)
   trl_packed     trl_nogc + packing=True (best-fit packing, padding-free)
   trl_dropout05  trl at LoRA dropout 0.05 (the dropout the older pages used)
 
-Every variant but naive_8bit and trl_dropout05 trains the same LoRA (rank 16,
+Every variant but naive_8bit, trl_dropout05 and layers15/10 trains the same LoRA (rank 16,
 alpha 16, dropout 0, all linear layers); tests/test_bench_settings.py builds
 each variant's settings and fails where they differ.  TRL gets our token ids
 and labels; its data preparation would drop a sample whose labels are all
@@ -96,6 +99,8 @@ class Variant:
     """charlora only: --banded (a run of lines a sequence, charlora.banded)."""
     frozen_context: bool = False
     """charlora only: --frozen_context (context forward only, charlora.frozen_context)."""
+    lora_layers: int = 0
+    """charlora only: --lora_layers (LoRA on the last N blocks; a smaller adapter, not the same LoRA)."""
 
 
 VARIANTS = {
@@ -111,6 +116,8 @@ VARIANTS = {
     # computed_tokens counts both passes: the context block (forward only) and the trained block
     "frozen": Variant("charlora", group_by_length=True, frozen_context=True),
     "8bit": Variant("charlora", group_by_length=True, gradient_checkpointing=True, quantization="8bit"),
+    "layers15": Variant("charlora", group_by_length=True, lora_layers=15),
+    "layers10": Variant("charlora", group_by_length=True, lora_layers=10),
     "trl_defaults": Variant("trl", gradient_checkpointing=True),
     "trl_nogc": Variant("trl"),
     "trl": Variant("trl", group_by_length=True),
@@ -119,8 +126,9 @@ VARIANTS = {
     "trl_dropout05": Variant("trl", lora_dropout=0.05, group_by_length=True),
 }
 # The variants the page calls "the same LoRA": everything but the recipe as
-# users had it and the dropout probe.  tests/test_bench_settings.py holds them to it.
-SAME_LORA = [v for v in VARIANTS if v not in ("naive_8bit", "trl_dropout05")]
+# users had it, the dropout probe and the top-blocks-only adapters.
+# tests/test_bench_settings.py holds them to it.
+SAME_LORA = [v for v in VARIANTS if v not in ("naive_8bit", "trl_dropout05", "layers15", "layers10")]
 DEFAULT_VARIANTS = ["naive", "naive_8bit", "default", "packed", "checkpointing", "trl_defaults", "trl_nogc", "trl",
                     "trl_padding_free", "trl_packed"]
 LORA = dict(r=16, lora_alpha=16, target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
@@ -147,7 +155,7 @@ def charlora_config(name: str, a, loras_dir: str):
                        eval_split=0,
                        lora_dropout=v.lora_dropout, target_modules=LORA["target_modules"],
                        gradient_checkpointing=v.gradient_checkpointing, packing=v.padding == "free", banded=v.banded,
-                       frozen_context=v.frozen_context,
+                       frozen_context=v.frozen_context, lora_layers=v.lora_layers,
                        quantization="8bit" if v.quantization == "8bit" else "auto")
 
 
@@ -197,7 +205,7 @@ def effective_settings(name: str, a) -> dict:
                     target_modules=c.target_modules, gradient_checkpointing=c.gradient_checkpointing,
                     grad_accum=c.grad_accum, batch_size=c.batch_size, epochs=c.epochs, learning_rate=c.learning_rate,
                     warmup=c.warmup, dataset=c.dataset_name, cutoff_len=c.cutoff_len, seed=c.seed,
-                    every_sample_trains=c.eval_split == 0)
+                    every_sample_trains=c.eval_split == 0, lora_layers=c.lora_layers)
     lora = peer_lora(name)
     args = peer_args(name, a, "bf16", gpu=False, output_dir=tempfile.mkdtemp())
     checkpointing = args.activation_checkpointing or v.quantization == "8bit"  # kbit preparation turns it on
@@ -206,7 +214,7 @@ def effective_settings(name: str, a) -> dict:
                 grad_accum=args.gradient_accumulation_steps, batch_size=args.per_device_train_batch_size,
                 epochs=args.num_train_epochs, learning_rate=args.learning_rate, warmup=args.warmup_steps,
                 dataset=shared_settings(a)["dataset"], cutoff_len=shared_settings(a)["cutoff_len"], seed=args.seed,
-                every_sample_trains=True)  # the peers hold nothing out
+                every_sample_trains=True, lora_layers=0)  # the peers hold nothing out; LoRA on every block
 
 
 # Dense bf16 peak of one GPU, for model FLOPs utilization (vendor figures, no sparsity).

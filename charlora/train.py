@@ -21,7 +21,7 @@ from charlora.errors import CharloraError, write_failure
 from charlora.keeper import make_best_keeper
 from charlora.objective import ReplyOnlyHead, make_trainer_class, weighted_items  # noqa: F401
 from charlora.run_folder import Plan, export_extras, plan_run, save_adapter
-from charlora.train_config import TrainConfig, check_train_config
+from charlora.train_config import TrainConfig, check_train_config, lora_placement
 from charlora.train_data import (add_other_speakers, held_out_size, make_collator, split_samples,
                                  tokenize_dataset)
 
@@ -175,10 +175,8 @@ def load_lora_model(cfg: TrainConfig, model_path: Path, base: Base, target_modul
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
-    )
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      task_type="CAUSAL_LM", **lora_placement(model, target_modules, cfg.lora_layers))
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:

@@ -48,6 +48,9 @@ class TrainConfig:
     target_modules: str = "all-linear"
     """'all-linear' (PEFT's rule: every linear layer but the output head),
     'default' (PEFT's per-architecture attention map, q/v for LLaMA), or a comma list."""
+    lora_layers: int = 0
+    """LoRA on the last N transformer blocks only (0: every block).  The
+    blocks below run forward only: no backward pass through them at all."""
     quantization: str = "auto"
     """auto|8bit|4bit|none; auto loads 8-bit only when 16-bit weights won't fit."""
     dtype: str = "auto"
@@ -258,6 +261,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise CharloraError("--max_steps must be -1 (every epoch) or a number of steps, got 0")
     require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
     require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
+    require_finite("--lora_layers", cfg.lora_layers, 0, 65536)
     # past sys.maxsize the data loader's islice raised mid-run; no batch of a million samples fits in memory
     require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
     require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)
@@ -275,3 +279,23 @@ def resolve_target_modules(spec: str) -> Any:
     if not modules:
         raise CharloraError("--target_modules is empty")
     return modules
+
+
+def lora_placement(model: Any, target_modules: Any, lora_layers: int) -> dict[str, Any]:
+    """LoraConfig's target_modules (and layers_to_transform for --lora_layers N:
+    the last N blocks; PEFT takes a layer list only with module names, so
+    'all-linear' is spelled out as the blocks' linear layers' names)."""
+    if not lora_layers:
+        return {"target_modules": target_modules}
+    import torch
+
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    blocks = model.config.get_text_config().num_hidden_layers
+    if target_modules == "all-linear":  # PEFT's rule: every linear layer but the output head
+        head = model.get_output_embeddings()
+        target_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                 if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
+    if not target_modules:
+        raise CharloraError("--lora_layers needs --target_modules 'all-linear' or a list of module names")
+    return {"target_modules": target_modules, "layers_to_transform": list(range(max(0, blocks - lora_layers), blocks))}

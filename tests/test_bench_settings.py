@@ -30,7 +30,7 @@ def bench():
 ARGS = Namespace(dataset="runs/play.json", model="SmolLM2-135M-Instruct", models_dir="models", epochs=1,
                  batch_size=4, cutoff_len=256, seed=42)
 SHARED = ("r", "lora_alpha", "lora_dropout", "target_modules", "grad_accum", "batch_size", "epochs",
-          "learning_rate", "warmup", "dataset", "cutoff_len", "seed", "every_sample_trains")
+          "learning_rate", "warmup", "dataset", "cutoff_len", "seed", "every_sample_trains", "lora_layers")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,14 @@ def test_only_the_named_exceptions_differ_in_lora_dropout(bench, settings):
     assert settings["naive_8bit"]["lora_dropout"] == 0.05  # the original recipe, as users ran it
     assert settings["trl_dropout05"]["lora_dropout"] == 0.05
     different = {n for n, s in settings.items() if s["lora_dropout"] != settings["default"]["lora_dropout"]}
-    assert different == {"naive_8bit", "trl_dropout05"} == set(bench.VARIANTS) - set(bench.SAME_LORA)
+    assert different == {"naive_8bit", "trl_dropout05"}
+    assert set(bench.VARIANTS) - set(bench.SAME_LORA) == different | {"layers15", "layers10"}
+
+
+def test_the_top_blocks_variants_differ_from_the_default_in_their_blocks_alone(settings):
+    for name, blocks in (("layers15", 15), ("layers10", 10)):
+        assert {k for k in settings[name] if settings[name][k] != settings["default"][k]} == {"lora_layers"}
+        assert settings[name]["lora_layers"] == blocks
 
 
 def test_checkpointing_is_on_exactly_where_the_page_says(settings):

@@ -137,6 +137,47 @@ def test_target_modules_default_uses_peft_map_for_llama(models_dir, tiny_dataset
     assert record["optimizer_steps"] == 2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_layers_puts_lora_on_the_last_blocks_and_no_backward_below(family, models_dir, tiny_dataset, tmp_path,
+                                                                        capsys):
+    """--lora_layers N: LoRA on the last N blocks only, so the blocks below run
+    forward only: what makes it faster (docs/benchmarks.md)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    loras = tmp_path / "loras"
+    rc = lora_finetune.main(train_args(family, models_dir, loras, tiny_dataset, "--lora_layers", "1", "--max_steps", "1"))
+    assert rc == 0, capsys.readouterr().err
+    keys = load_file(loras / "t" / "adapter_model.safetensors")
+    assert {re.search(r"\.(\d+)\.", k).group(1) for k in keys} == {str(LAYERS - 1)}
+    assert {k.split(".lora_")[0].rsplit(".", 1)[1] for k in keys} == set(ALL_LINEAR_TARGETS[family])
+    assert json.loads((loras / "t" / "adapter_config.json").read_text())["layers_to_transform"] == [LAYERS - 1]
+
+
+def test_below_the_lora_layers_nothing_needs_a_gradient(models_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from charlora.train_config import lora_placement
+
+    model = AutoModelForCausalLM.from_pretrained(models_dir / "llama")
+    model = get_peft_model(model, LoraConfig(r=2, **lora_placement(model, "all-linear", 1)))
+    needs_grad = []
+    for block in model.base_model.model.model.layers:
+        block.register_forward_hook(lambda module, args, out: needs_grad.append(
+            (out[0] if isinstance(out, tuple) else out).requires_grad))
+    model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert needs_grad == [False] * (LAYERS - 1) + [True]
+    assert lora_placement(model, "all-linear", 0) == {"target_modules": "all-linear"}
+    assert lora_placement(model, ["q_proj"], 99)["layers_to_transform"] == list(range(LAYERS))
+    from charlora.errors import CharloraError
+
+    with pytest.raises(CharloraError, match="--lora_layers needs --target_modules 'all-linear' or a list"):
+        lora_placement(model, None, 1)  # --target_modules default: PEFT's map, which takes no layer list
+
+
 def test_overwrite_replaces_existing_adapter_only_after_training(models_dir, tiny_dataset, tmp_path, capsys):
     loras = tmp_path / "loras"
     existing = loras / "t"
