@@ -4,6 +4,7 @@ the end (`save_adapter`), with the extras beside it (`export_extras`).
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,17 +165,20 @@ def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict) -> list[
         # The adapter is saved by now: a Ctrl-C here said "no adapter was written", a full disk was a traceback.
         from charlora.checkpoints import Interrupted
 
+        later = shlex.join(["python", "merge_lora.py", "-l", cfg.lora_name, "-m", plan.model_path.name,
+                            *(["--models_dir", cfg.models_dir] if cfg.models_dir else []),
+                            *(["--loras_dir", cfg.loras_dir] if cfg.loras_dir else [])])
         try:
             adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
             files.ordinary_modes(plan.merge_dest)  # safetensors writes 0600
         except KeyboardInterrupt:
             raise Interrupted(f"stopped during the merge: the adapter is saved in {plan.dest}, the merged model "
-                              f"{plan.merge_dest} was not written") from None
+                              f"{plan.merge_dest} was not written; merge it with: {later}") from None
         except Exception as exc:
             if (why := write_failure(exc)) is None:
                 raise
             raise CharloraError(f"could not write the merged model {plan.merge_dest} ({why}); the adapter is saved "
-                                f"in {plan.dest}") from None
+                                f"in {plan.dest}; merge it with: {later}") from None
         exported.append(plan.merge_dest)
     if cfg.export_gguf:
         from charlora import gguf

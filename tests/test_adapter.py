@@ -138,6 +138,30 @@ def test_the_adapter_and_the_merged_model_are_readable_as_every_other_file(train
         assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
 
 
+def test_merge_lora_py_merges_a_trained_adapter_as_merge_did(trained, models_dir, capsys):
+    """merge_lora.py: the --merge of an adapter already trained (one whose --merge failed)."""
+    from safetensors.torch import load_file
+
+    import merge_lora
+
+    loras = str(trained / "loras")
+    argv = ["-l", "bob", "--models_dir", str(models_dir), "--loras_dir", loras, "--dtype", "fp32"]
+    try:
+        assert merge_lora.main([*argv, "-o", "bob-again"]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out == f"wrote {models_dir / 'bob-again'}; load it as a model: -m bob-again\n"
+        again, once = (load_file(models_dir / d / "model.safetensors") for d in ("bob-again", "llama-bob"))
+        assert again.keys() == once.keys() and all(torch.equal(again[k], once[k]) for k in once)
+        assert merge_lora.main([*argv, "-o", "bob-again"]) == 2  # never over an existing folder
+        assert capsys.readouterr().err == f"error: {models_dir / 'bob-again'} already exists; remove it or choose another -o\n"
+        assert merge_lora.main([*argv, "-m", "gpt2", "-o", "x"]) == 2  # another model's adapter: before any weight is read
+        assert capsys.readouterr().err.startswith(f"error: adapter {trained / 'loras' / 'bob'} does not fit")
+        assert not (models_dir / "x").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(models_dir / "bob-again", ignore_errors=True)
+
+
 def test_merge_refuses_to_overwrite(trained, models_dir, tiny_dataset, capsys):
     rc = lora_finetune.main(["-m", "llama", "--models_dir", str(models_dir), "--loras_dir", str(trained / "loras"),
                              "-d", str(tiny_dataset), "-l", "bob", "--overwrite", "--merge"])

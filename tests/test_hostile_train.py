@@ -239,9 +239,9 @@ def test_a_one_step_run_trains(models_dir, tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("fault, status, said", [
     ("ctrl-c", 130, "interrupted: stopped during the merge: the adapter is saved in {dest}, the merged model "
-                    "{merged} was not written"),
+                    "{merged} was not written; merge it with: {later}"),
     ("disk full", 2, "error: could not write the merged model {merged} (No space left on device); the adapter is "
-                     "saved in {dest}"),
+                     "saved in {dest}; merge it with: {later}"),
 ])
 def test_a_merge_that_fails_says_the_adapter_was_saved(fault, status, said, models_dir, tiny_dataset, tmp_path,
                                                        monkeypatch, capsys):
@@ -261,5 +261,17 @@ def test_a_merge_that_fails_says_the_adapter_was_saved(fault, status, said, mode
     rc = lora_finetune.main(argv(models_dir, loras, tiny_dataset, "s", "--merge"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == status and "Traceback" not in "\n".join(err)
-    assert err[-1] == said.format(dest=loras / "s", merged=models_dir / "llama-s")
+    later = f"python merge_lora.py -l s -m llama --models_dir {models_dir} --loras_dir {loras}"
+    assert err[-1] == said.format(dest=loras / "s", merged=models_dir / "llama-s", later=later)
     assert (loras / "s" / "adapter_model.safetensors").is_file()
+    # The command it names does the merge, as --merge would have.
+    monkeypatch.undo()
+    import shlex
+
+    import merge_lora
+
+    assert merge_lora.main(shlex.split(later)[2:]) == 0
+    assert capsys.readouterr().out == f"wrote {models_dir / 'llama-s'}; load it as a model: -m llama-s\n"
+    import shutil
+
+    shutil.rmtree(models_dir / "llama-s")  # models_dir is shared by the module's tests
