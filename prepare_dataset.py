@@ -52,6 +52,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "the character's share, the held-out slice), counting tokens with this model's tokenizer "
                         "(a folder in the models folder)")
     p.add_argument("--cutoff_len", type=int, default=256, help="with --report: the training --cutoff_len to check against")
+    p.add_argument("--models_dir", help="with --report: the models folder (default: models/, or user_data/models/ of a "
+                                        "text-generation-webui install)")
     p.add_argument("--scrub", action=argparse.BooleanOptionalAction, default=None,
                    help="replace e-mails, phone numbers, URLs, card numbers, IBANs and @handles with <EMAIL>, "
                         "<PHONE>, ... (default: on for chat exports, off for scripts and plays)")
@@ -121,7 +123,7 @@ def prepare(args) -> int:
         if args.report:  # an unknown model is an error before anything is written
             from charlora import models
 
-            report_model = models.find_model(models.resolve_dir(None, "models")[0], args.report)
+            report_model = models.find_model(models.resolve_dir(args.models_dir, "models")[0], args.report)
         names = parse_names(args.name)
         lines, name, merged = merge_aliases(source.lines, names, args.ignore_case)
         scrubbing = args.scrub if args.scrub is not None else source.format in CHAT_FORMATS

@@ -228,6 +228,11 @@ def test_prepare_dataset_report_and_unknown_report_model(models_dir, tmp_path, c
     assert prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", "c.json", "--report", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: model 'nope' not found")
     assert not (tmp_path / "c.json").exists()
+    # A models folder elsewhere, as training's --models_dir names it (--report looked only in ./models).
+    (tmp_path / "models").unlink()
+    assert prepare_dataset.main(["-n", "Bob", "-t", "d.txt", "-j", "e.json", "--report", "llama",
+                                 "--models_dir", str(models_dir)]) == 0
+    assert "data: the character speaks 40.0% of the source's lines" in capsys.readouterr().out
 
 
 def test_contrast_rows_leave_the_end_of_sequence_out(tiny_tokenizers):
