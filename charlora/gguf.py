@@ -217,7 +217,9 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: str | Path | None = None
     except OSError as exc:
         with contextlib.suppress(OSError):  # on a read-only disk the cleanup raised too, a traceback
             tmp.unlink(missing_ok=True)
-        raise CharloraError(f"cannot write {out}: {exc.strerror or exc}") from None
+        # numpy's tofile reports a short write with no errno: "24576 requested and 1992 written"
+        why = exc.strerror or (f"the disk is full? ({exc})" if "requested and" in str(exc) else exc)
+        raise CharloraError(f"cannot write {out}: {why}") from None
     return out
 
 

@@ -608,6 +608,13 @@ def test_gguf_cleanup_on_a_read_only_disk_is_no_traceback(tiny, tmp_path, capsys
     line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(tmp_path / "b.gguf"))))
     assert line == f"error: cannot write {tmp_path / 'b.gguf'}: No space left on device"
 
+    def short_write(self, *args, **kwargs):  # what numpy's tofile raises on a full disk: no errno
+        raise OSError("24576 requested and 1992 written")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_header_to_file", short_write)
+    line = one_error(capsys, export_gguf.main(gguf_args(tiny, "-o", str(tmp_path / "b.gguf"))))
+    assert line == f"error: cannot write {tmp_path / 'b.gguf'}: the disk is full? (24576 requested and 1992 written)"
+
 
 def damaged_lora(tiny: Path, tmp_path: Path, how: str) -> Path:
     """A copy of loras/ whose bob has one weight damaged as `how` says."""
