@@ -150,7 +150,9 @@ def prepare(args) -> int:
         say(f"character {name}: {spellings}{' (case ignored)' if args.ignore_case else ''}")
     if split:
         breaks = sum(line.after_blank for line in lines[1:])
-        print(f"scene breaks that end a context: {breaks} (in chats, silences of {gap:g}+ minutes)")
+        what = (f"new conversations and silences of {gap:g}+ minutes" if source.format in CHAT_FORMATS
+                else "blank lines and scene headings")  # a play has no silences to speak of
+        print(f"scene breaks that end a context: {breaks} ({what})")
     if scrubbing:
         say(f"personal data replaced: {scrub.describe(scrubbed)}" + ("" if args.scrub else
                                                                    " (on for chat exports; --no-scrub turns it off)"))

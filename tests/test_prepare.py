@@ -202,3 +202,12 @@ def test_summary_is_printed(capsys, tmp_path):
 ])
 def test_other_legacy_encodings_read_correctly(text, encoding):
     assert decode_dialogue(text.encode(encoding))[0] == text
+
+
+def test_split_scenes_on_a_play_names_its_breaks_as_a_play_has_them(tmp_path, capsys):
+    """It said "(in chats, silences of 360+ minutes)" of a play's blank lines."""
+    (tmp_path / "p.txt").write_text("Alice:Hi.\nBob:Yo.\n\nAlice:Later.\nBob:Aye.\n")
+    assert prepare_dataset.main(["-n", "Bob", "-t", str(tmp_path / "p.txt"), "-j", str(tmp_path / "p.json"),
+                                 "--split_scenes"]) == 0
+    assert "scene breaks that end a context: 1 (blank lines and scene headings)" in capsys.readouterr().out.splitlines()
+

@@ -294,7 +294,7 @@ def test_whatsapp_samples_with_split_scenes(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[:3] == [
         f"read {SOURCES / 'whatsapp-android.txt'} as whatsapp (detected; utf-8; 5 lines; ftfy fixed 0 lines)",
         "dropped: timestamps 9, system notices 2, media placeholders 1, deleted messages 1",
-        "scene breaks that end a context: 1 (in chats, silences of 60+ minutes)",
+        "scene breaks that end a context: 1 (new conversations and silences of 60+ minutes)",
     ]
 
 
