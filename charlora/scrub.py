@@ -109,6 +109,16 @@ def _replace(text: str, pattern: re.Pattern, kind: str, counts: Counter,
     return "".join(out)
 
 
+def _in_decimal(text: str, start: int, end: int, raw: str) -> bool:
+    """The digits of a decimal number, which the library takes for a phone:
+    "3.14159265358" (the match starts after "3."), "1.2345678901" (one point,
+    five or more digits after it, where a phone written with points has 3-4)."""
+    before, after = text[max(0, start - 2):start], text[end:end + 2]
+    return ((len(before) == 2 and before[1] in ".," and before[0].isdigit())
+            or (len(after) == 2 and after[0] in ".," and after[1].isdigit())
+            or re.fullmatch(r"\d+[.,]\d{5,}", raw) is not None)
+
+
 def _phones(text: str, region: str, counts: Counter) -> str:
     if len(_DIGITS.findall(text)) < _MIN_PHONE_DIGITS:
         return text
@@ -125,6 +135,8 @@ def _phones(text: str, region: str, counts: Counter) -> str:
                                               max_tries=_MAX_PHONE_CANDIDATES)
     for match in matcher:
         if not (match.raw_string.startswith("+") or phonenumbers.is_valid_number(match.number)):
+            continue
+        if _in_decimal(text, match.start, match.end, match.raw_string):
             continue
         out += [text[pos:match.start], PLACEHOLDERS["phone"]]
         pos = match.end

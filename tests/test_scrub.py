@@ -178,6 +178,10 @@ def test_planted_fixture_measurement():
     ("iban DE88 3704 0044 0532 0130 00", "iban DE88 3704 0044 0532 0130 00"),  # fails mod 97
     ("ping @anna_k and <@123456789012345678>", "ping <HANDLE> and <HANDLE>"),
     ("meet at 14:05 in 2023 for $12.50", "meet at 14:05 in 2023 for $12.50"),
+    # decimals the phone library took for numbers: "pi 3.<PHONE>", "version <PHONE>"
+    ("pi is 3.14159265358 or so", "pi is 3.14159265358 or so"),
+    ("version 1.2345678901", "version 1.2345678901"),
+    ("call 650.253.0000, or (650) 253-0000.", "call <PHONE>, or <PHONE>."),
     ("", ""),
 ])
 def test_scrub_exact(text, expected):
