@@ -153,6 +153,11 @@ def test_lora_layers_puts_lora_on_the_last_blocks_and_no_backward_below(family, 
     assert {re.search(r"\.(\d+)\.", k).group(1) for k in keys} == {str(LAYERS - 1)}
     assert {k.split(".lora_")[0].rsplit(".", 1)[1] for k in keys} == set(ALL_LINEAR_TARGETS[family])
     assert json.loads((loras / "t" / "adapter_config.json").read_text())["layers_to_transform"] == [LAYERS - 1]
+    if family == "llama":  # llama.cpp takes it too: tensors of the last block alone
+        from charlora.gguf import export_lora, read_lora
+
+        tensors = read_lora(export_lora(loras / "t", models_dir / "llama", tmp_path / "t.gguf"))["tensors"]
+        assert {name.split(".")[1] for name in tensors} == {str(LAYERS - 1)} and len(tensors) == 2 * 7
 
 
 def test_below_the_lora_layers_nothing_needs_a_gradient(models_dir):
