@@ -75,7 +75,7 @@ def _mean_label_loss(model: Any, batches: Iterable[dict]) -> float:
 
 
 def line_losses(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], cutoff_len: int,
-                batch_size: int = 8) -> list:
+                batch_size: int = 8, tick: Callable[[int], Any] = lambda n: None) -> list:
     """Each sample's reply NLL, text and end-of-sequence apart (metrics.LineLoss),
     on exactly reply_loss's tokens: mean_loss of the result is reply_loss."""
     import torch
@@ -99,6 +99,7 @@ def line_losses(model: Any, tokenizer: Any, samples: Sequence[dict[str, str]], c
                 ends = bool(kept) and kept[-1][1] == tokenizer.eos_token_id
                 text = kept[:-1] if ends else kept
                 out.append(LineLoss(sum(n for n, _ in text), len(text), kept[-1][0] if ends else None))
+            tick(len(nll))
     return out
 
 
@@ -250,6 +251,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     from charlora.errors import CharloraError
     from charlora import models
     from charlora.samples import build_samples, missing_speaker_message, speaker_counts
+    from tqdm import tqdm
 
     lines, _ = read_dialogue_file(cfg.txtfilename)
     counts = speaker_counts(lines)
@@ -269,20 +271,26 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     check_adapters_fit(paths, model_path, cfg.trust_remote_code)
     model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
 
-    def measure(m):
-        char = line_losses(m, tokenizer, samples, cfg.cutoff_len)
-        other = line_losses(m, tokenizer, others, cfg.cutoff_len) if others else []
-        gens = greedy_replies(m, tokenizer, samples[: cfg.generate], cfg.name, counts,
-                              batch_size=cfg.batch_size, sampling=cfg.sampling)
+    def measure(m, label: str):
+        # a bar per model: the base and three seeds took 15 silent minutes on one CPU thread
+        prompts = samples[: cfg.generate]
+        with tqdm(total=len(samples) + len(others) + len(prompts), desc=f"scoring {label}", unit="line") as bar:
+            char = line_losses(m, tokenizer, samples, cfg.cutoff_len, tick=bar.update)
+            other = line_losses(m, tokenizer, others, cfg.cutoff_len, tick=bar.update) if others else []
+            gens = []
+            for i in range(0, len(prompts), cfg.batch_size):  # a batch at a time, so the bar moves
+                gens += greedy_replies(m, tokenizer, prompts[i : i + cfg.batch_size], cfg.name, counts,
+                                       batch_size=cfg.batch_size, sampling=cfg.sampling)
+                bar.update(len(prompts[i : i + cfg.batch_size]))
         return char, other, gens
 
-    base_char, base_other, base_gens = measure(model)
+    base_char, base_other, base_gens = measure(model, "base")
     b_char, b_other = metrics.mean_loss(base_char), metrics.mean_loss(base_other)
     base_split = loss_split(base_char, base_other)
     reports = [Report.of("base", b_char, b_other, base_gens, split_losses=base_split)]
     for (name, seed), path in zip(names, paths):
         tuned = attach_adapters(model, [path], [1.0])
-        char, other, gens = measure(tuned)
+        char, other, gens = measure(tuned, name)
         model = tuned.unload()  # the LoRA layers out again: the next adapter starts from the plain base
         t_char, t_other = metrics.mean_loss(char), metrics.mean_loss(other)
         train_text = training_lines(path)

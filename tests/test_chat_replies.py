@@ -98,6 +98,9 @@ def test_every_script_refuses_pickle_weights_unless_allowed(tmp_path, tiny_token
     assert chat.main([*flags, "-u", "Alice", "--say", "Hi", "--allow_pickle", "--max_new_tokens", "2"]) == 0
     out = tmp_path / "eval.json"
     assert evaluate.main([*eval_flags, "--allow_pickle", "--json", str(out)]) == 0
+    # A bar per model scored (the base and 3 seeds ran 15 minutes without a word): Bob's 2 lines, 1 reply.
+    bar = [part for part in capsys.readouterr().err.replace("\n", "\r").split("\r") if part.startswith("scoring base")]
+    assert bar[-1].startswith("scoring base: 100%") and " 3/3 " in bar[-1], bar
     base = json.loads(out.read_text())["reports"][0]
     # Bob's 2 held-out lines, "Hello." and "Two.": the loss split into words and ends recomposes the loss
     split = base["split_losses"]
