@@ -10,11 +10,13 @@ adapter was saved (a full disk, Ctrl-C).  The base is read unquantized.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from charlora import cli
-from charlora.errors import CharloraError, write_failure
+from charlora.errors import CharloraError, quiet_libraries, write_failure
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,7 +45,7 @@ def merge(args: argparse.Namespace) -> Path:
     base_dir = models.find_model(models_dir, base)
     check_adapters_fit([adapter], base_dir)  # an adapter of another model size: one line, before any weight is read
     out = models_dir / files.safe_name(args.outname or f"{base_dir.name}-{adapter.name}")
-    if out.exists():
+    if os.path.lexists(out):  # a broken link too: found only after the whole merge
         raise CharloraError(f"{out} already exists; remove it or choose another -o")
     ensure_writable(models_dir)
     try:
@@ -58,11 +60,14 @@ def merge(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return cli.run(lambda: report(merge(args)))
+    quiet_libraries()
+    return cli.run(lambda: report(merge(args), args.models_dir))
 
 
-def report(out: Path) -> int:
-    print(f"wrote {out}; load it as a model: -m {out.name}")
+def report(out: Path, models_dir: str | None) -> int:
+    """The folder written and the flags that load it, quoted for a shell."""
+    flags = ["-m", out.name, *(["--models_dir", models_dir] if models_dir else [])]
+    print(f"wrote {out}; load it as a model: {shlex.join(flags)}", file=cli.GuardedOutput(sys.stdout), flush=True)
     return 0
 
 

@@ -19,13 +19,17 @@ class OutputFailed(CharloraError):
 def write_failure(exc: BaseException) -> str | None:
     """Why a write failed, or None when `exc` is not a failed write.  On a full
     disk torch.save raises RuntimeError from its zip writer ("[enforce fail at
-    inline_container.cc:...] . unexpected pos") and safetensors its own
-    SafetensorError, not OSError: tracebacks, where training promised a line."""
+    inline_container.cc:...] . unexpected pos"), safetensors its own
+    SafetensorError and tokenizers a plain Exception, not OSError: tracebacks,
+    where training and merge_lora.py promised a line."""
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if type(exc).__name__ == "SafetensorError" or (
             isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)):
+        return text
+    # the tokenizers library (Rust) raises a bare Exception: "No space left on device (os error 28)"
+    if type(exc) is Exception and "(os error " in text:
         return text
     return None
 

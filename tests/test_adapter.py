@@ -1,5 +1,6 @@
 """What lora_finetune.py writes beside the weights: card, loss curve,
 webui character file, and the merged model."""
+import io
 import json
 from pathlib import Path
 
@@ -138,7 +139,12 @@ def test_the_adapter_and_the_merged_model_are_readable_as_every_other_file(train
         assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
 
 
-def test_merge_lora_py_merges_a_trained_adapter_as_merge_did(trained, models_dir, capsys):
+class Full(io.StringIO):
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+
+def test_merge_lora_py_merges_a_trained_adapter_as_merge_did(trained, models_dir, capsys, monkeypatch):
     """merge_lora.py: the --merge of an adapter already trained (one whose --merge failed)."""
     from safetensors.torch import load_file
 
@@ -147,8 +153,11 @@ def test_merge_lora_py_merges_a_trained_adapter_as_merge_did(trained, models_dir
     loras = str(trained / "loras")
     argv = ["-l", "bob", "--models_dir", str(models_dir), "--loras_dir", loras, "--dtype", "fp32"]
     try:
-        assert merge_lora.main([*argv, "-o", "bob-again"]) == 0, capsys.readouterr().err
-        assert capsys.readouterr().out == f"wrote {models_dir / 'bob-again'}; load it as a model: -m bob-again\n"
+        assert merge_lora.main([*argv, "-o", "bob again"]) == 0, capsys.readouterr().err
+        # the flags that load it, as a shell reads them (its own models folder named, the space quoted)
+        assert capsys.readouterr().out == (f"wrote {models_dir / 'bob again'}; load it as a model: "
+                                           f"-m 'bob again' --models_dir {models_dir}\n")
+        (models_dir / "bob again").rename(models_dir / "bob-again")
         again, once = (load_file(models_dir / d / "model.safetensors") for d in ("bob-again", "llama-bob"))
         assert again.keys() == once.keys() and all(torch.equal(again[k], once[k]) for k in once)
         assert merge_lora.main([*argv, "-o", "bob-again"]) == 2  # never over an existing folder
@@ -156,10 +165,35 @@ def test_merge_lora_py_merges_a_trained_adapter_as_merge_did(trained, models_dir
         assert merge_lora.main([*argv, "-m", "gpt2", "-o", "x"]) == 2  # another model's adapter: before any weight is read
         assert capsys.readouterr().err.startswith(f"error: adapter {trained / 'loras' / 'bob'} does not fit")
         assert not (models_dir / "x").exists()
+        monkeypatch.setattr("sys.stdout", Full())  # merge_lora.py > /dev/full: a traceback after the merge
+        assert merge_lora.main([*argv, "-o", "bob-out"]) == 2
+        monkeypatch.undo()
+        assert capsys.readouterr().err.splitlines()[-1] == "error: cannot write to standard output (No space left on device); stopped"
+        (models_dir / "dangling").symlink_to(models_dir / "nowhere")  # refused up front, not after the merge
+        assert merge_lora.main([*argv, "-o", "dangling"]) == 2
+        assert capsys.readouterr().err == f"error: {models_dir / 'dangling'} already exists; remove it or choose another -o\n"
     finally:
         import shutil
 
         shutil.rmtree(models_dir / "bob-again", ignore_errors=True)
+        shutil.rmtree(models_dir / "bob-out", ignore_errors=True)
+        (models_dir / "dangling").unlink(missing_ok=True)
+
+
+def test_merge_lora_py_on_a_full_disk_is_one_line_and_leaves_nothing(trained, models_dir, capsys, monkeypatch):
+    """The tokenizers library says a full disk with a plain Exception ("... (os error 28)"): a traceback."""
+    import merge_lora
+    from transformers import PreTrainedTokenizerBase
+
+    def full(self, *args, **kwargs):
+        raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    argv = ["-l", "bob", "--models_dir", str(models_dir), "--loras_dir", str(trained / "loras"), "-o", "bob-full"]
+    assert merge_lora.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: could not write {models_dir / 'bob-full'} (No space "
+                                                        "left on device (os error 28)); nothing was left there")
+    assert not (models_dir / "bob-full").exists() and not list(models_dir.glob(".bob-full*"))
 
 
 def test_merge_refuses_to_overwrite(trained, models_dir, tiny_dataset, capsys):

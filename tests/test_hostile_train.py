@@ -271,7 +271,7 @@ def test_a_merge_that_fails_says_the_adapter_was_saved(fault, status, said, mode
     import merge_lora
 
     assert merge_lora.main(shlex.split(later)[2:]) == 0
-    assert capsys.readouterr().out == f"wrote {models_dir / 'llama-s'}; load it as a model: -m llama-s\n"
+    assert capsys.readouterr().out == f"wrote {models_dir / 'llama-s'}; load it as a model: -m llama-s --models_dir {models_dir}\n"
     import shutil
 
     shutil.rmtree(models_dir / "llama-s")  # models_dir is shared by the module's tests
