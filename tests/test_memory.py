@@ -98,10 +98,17 @@ def test_names_reduced_alike_get_files_of_their_own_and_old_files_stay_theirs(tm
     old = tmp_path / "old"
     MemoryStore(old / "Sir_Toby--Maria.sqlite", "Sir Toby", "Maria").close()
     assert memory_file(old, "Sir Toby", "Maria") == old / "Sir_Toby--Maria.sqlite"
-    # ...and not by another pair that reduces to the same name, which gets its own.
-    assert memory_file(old, "Sir_Toby", "Maria") == old / "Sir_Toby--Maria.sqlite"  # plain: the same name as ever
+    # ...and not by another pair that reduces to the same name, which gets its own: even the plain
+    # "Sir_Toby", whose file name the old file holds (it was refused there, for good).
+    assert memory_file(old, "Sir_Toby", "Maria") == old / "Sir_Toby~7c8fe1e6--Maria~9ff18ebe.sqlite"
+    MemoryStore(memory_file(old, "Sir_Toby", "Maria"), "Sir_Toby", "Maria").close()
+    assert memory_file(old, "Sir_Toby", "Maria") == old / "Sir_Toby~7c8fe1e6--Maria~9ff18ebe.sqlite"  # found again
     assert memory_file(old, "Sir-Toby", "Maria") == old / "Sir-Toby--Maria.sqlite"
     assert memory_file(old, "Sir  Toby", "Maria").name.startswith("Sir_Toby~")
+    # Plain names that split the same text at "--" get a file each.
+    MemoryStore(memory_file(old, "Bob", "Ann--Lee"), "Bob", "Ann--Lee").close()
+    assert memory_file(old, "Bob--Ann", "Lee") != memory_file(old, "Bob", "Ann--Lee") == old / "Bob--Ann--Lee.sqlite"
+    MemoryStore(memory_file(old, "Bob--Ann", "Lee"), "Bob--Ann", "Lee").close()
     # An old file that can't be read is still this pair's: its own error says why, not a fresh memory beside it.
     broken = tmp_path / "broken"
     broken.mkdir()
