@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from charlora.chat import run
 
+    if sys.stderr is None:  # `2>&-`: notices and errors went to stdout (print(file=None)), among the replies
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
     if sys.stdout is None:  # `>&-`: the replies went nowhere, exit 0
         print("error: standard output is closed; the replies would have nowhere to go", file=sys.stderr)
         return cli.USER_ERROR

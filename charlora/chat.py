@@ -286,7 +286,10 @@ def run(cfg: ChatConfig | Any, stdin: TextIO, stdout: TextIO, stderr: TextIO) ->
     from charlora.config import from_args
 
     def log(message: str) -> None:
-        print(strip_controls(message), file=stderr, flush=True)
+        try:
+            print(strip_controls(message), file=stderr, flush=True)
+        except OSError:  # `2>/dev/full`: a notice that can't be shown must not lose the reply
+            pass
 
     cfg = check_config(cfg if isinstance(cfg, ChatConfig) else from_args(ChatConfig, cfg))
     quiet_libraries(progress_bars=False)

@@ -485,3 +485,23 @@ def test_a_failed_write_to_stdout_ends_the_chat_with_one_line(trained, monkeypat
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, cwd=REPO)
     assert (done.returncode, done.stderr) == (
         2, "error: cannot write to standard output (No space left on device); stopped\n")
+
+
+def test_a_closed_or_full_stderr_leaves_stdout_to_the_replies(trained, monkeypatch, capsys):
+    """`chat.py 2>&-` printed the notices on stdout, before the JSON reply
+    (print(file=None) is stdout); `2>/dev/full` ended the chat before the reply."""
+    from charlora.chat import run
+
+    monkeypatch.setattr("sys.stderr", None)
+    assert chat.main(chat_args(trained, "-l", "t", "--greedy", "--json", "--say", ASK, "--memory",
+                               "--memory_dir", str(trained[0].parent / "mem-closed"), "--embedder", "none")) == 0
+    monkeypatch.undo()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and json.loads(out)["user"] == ASK
+    args = chat.make_parser().parse_args(chat_args(trained, "-l", "t", "--greedy", "--say", ASK, "--memory",
+                                                   "--memory_dir", str(trained[0].parent / "mem-full"),
+                                                   "--embedder", "none"))
+    stdout = io.StringIO()
+    assert run(args, io.StringIO(), stdout, FullDisk()) == 0  # the "memory: ..." notice could not be written
+    assert stdout.getvalue().startswith("I have ")
+
