@@ -262,6 +262,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     require_finite("--lora_alpha", cfg.lora_alpha, 0, 1e6, lo_open=True)
     require_finite("--lora_rank", cfg.lora_rank, 1, 65536)
     require_finite("--lora_layers", cfg.lora_layers, 0, 65536)
+    if cfg.lora_layers and cfg.target_modules == "default":  # refused in lora_placement too, but after the model loaded
+        raise CharloraError("--lora_layers needs --target_modules 'all-linear' or a list of module names")
     # past sys.maxsize the data loader's islice raised mid-run; no batch of a million samples fits in memory
     require_finite("--batch_size", cfg.batch_size, 1, 1_000_000)
     require_finite("--grad_accum", cfg.grad_accum, 1, 1_000_000)

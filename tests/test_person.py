@@ -273,6 +273,9 @@ def test_a_source_without_other_speakers_trains_on_the_character_alone(models_di
     ({"cutoff_len": 10**9}, "--cutoff_len must be in [8, 1e+06], got 1000000000"),
     ({"lora_alpha": float("inf")}, "--lora_alpha must be in (0, 1e+06], got inf"),
     ({"max_steps": -5}, "--max_steps must be in [-1, 1e+09], got -5"),
+    ({"lora_layers": -1}, "--lora_layers must be in [0, 65536], got -1"),
+    # refused after the model had loaded
+    ({"lora_layers": 3, "target_modules": "default"}, "--lora_layers needs --target_modules 'all-linear' or a list of module names"),
 ])
 def test_training_flags_out_of_range_are_refused_before_anything_loads(changes, message):
     from charlora.errors import CharloraError
