@@ -287,17 +287,23 @@ def lora_placement(model: Any, target_modules: Any, lora_layers: int) -> dict[st
     """LoraConfig's target_modules (and layers_to_transform for --lora_layers N:
     the last N blocks; PEFT takes a layer list only with module names, so
     'all-linear' is spelled out as the blocks' linear layers' names)."""
-    if not lora_layers:
-        return {"target_modules": target_modules}
     import torch
-
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
+    head = model.get_output_embeddings()
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
+    if isinstance(target_modules, list):  # PEFT trains if any one name matches: a misspelled one went unnoticed
+        names = [name for name, _ in model.named_modules()]
+        unknown = [m for m in target_modules if not any(n == m or n.endswith(f".{m}") for n in names)]
+        if unknown:
+            raise CharloraError(f"--target_modules: this model has no module {', '.join(map(repr, unknown))}; "
+                                f"its linear layers are {', '.join(linear)}")
+    if not lora_layers:
+        return {"target_modules": target_modules}
     blocks = model.config.get_text_config().num_hidden_layers
     if target_modules == "all-linear":  # PEFT's rule: every linear layer but the output head
-        head = model.get_output_embeddings()
-        target_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                                 if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
+        target_modules = linear
     if not target_modules:
         raise CharloraError("--lora_layers needs --target_modules 'all-linear' or a list of module names")
     return {"target_modules": target_modules, "layers_to_transform": list(range(max(0, blocks - lora_layers), blocks))}

@@ -181,6 +181,11 @@ def test_below_the_lora_layers_nothing_needs_a_gradient(models_dir):
 
     with pytest.raises(CharloraError, match="--lora_layers needs --target_modules 'all-linear' or a list"):
         lora_placement(model, None, 1)  # --target_modules default: PEFT's map, which takes no layer list
+    # PEFT trains when any one name matches: "q_proj,nosuch" trained q_proj alone and recorded both
+    with pytest.raises(CharloraError) as err:
+        lora_placement(model, ["q_proj", "nosuch", "self_attn.v_proj"], 0)
+    assert str(err.value) == ("--target_modules: this model has no module 'nosuch'; its linear layers are "
+                              "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
 
 
 def test_overwrite_replaces_existing_adapter_only_after_training(models_dir, tiny_dataset, tmp_path, capsys):
