@@ -183,7 +183,7 @@ def test_below_the_lora_layers_nothing_needs_a_gradient(models_dir):
         lora_placement(model, None, 1)  # --target_modules default: PEFT's map, which takes no layer list
     # PEFT trains when any one name matches: "q_proj,nosuch" trained q_proj alone and recorded both
     with pytest.raises(CharloraError) as err:
-        lora_placement(model, ["q_proj", "nosuch", "self_attn.v_proj"], 0)
+        lora_placement(AutoModelForCausalLM.from_pretrained(models_dir / "llama"), ["q_proj", "nosuch", "self_attn.v_proj"], 0)
     assert str(err.value) == ("--target_modules: this model has no module 'nosuch'; its linear layers are "
                               "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
 
