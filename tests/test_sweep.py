@@ -116,7 +116,7 @@ TRAIN_CASES = {
     "neftune -1": (["--neftune_noise_alpha", "-1"], "--neftune_noise_alpha"),
     "save limit 0": (["--save_total_limit", "0"], "--save_total_limit"),
     "save steps -1": (["--save_steps", "-1"], "--save_steps"),
-    "bad target modules": (["--target_modules", "no_such_layer"], "cannot put LoRA on this model"),
+    "bad target modules": (["--target_modules", "no_such_layer"], "--target_modules: this model has no module 'no_such_layer'"),
     "empty target modules": (["--target_modules", ","], "--target_modules is empty"),
     "bad quantization": (["--quantization", "2bit"], "invalid choice"),
     "bad dtype": (["--dtype", "fp8"], "invalid choice"),
