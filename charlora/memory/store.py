@@ -103,19 +103,22 @@ class MemoryStore:
         self._held: int | None = None
         # What opening adds and a failed open must take away again: a new
         # user's file (0 bytes when the disk was full), the WAL's -wal and -shm
-        # (which even the read-only check creates).
+        # (which even the read-only check creates).  Of a file that passed the
+        # check they stay: another chat may be using them.
         created = [p for p in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm")))
                    if not p.exists()]
+        checked = False
         try:
-            self._connect(name, user)
+            version = self._check() if self.path.exists() and self.path.stat().st_size else 0
+            checked = True
+            self._connect(version, name, user)
         except BaseException:
-            for path in created:
+            for path in created if not checked or self.path in created else []:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             raise
 
-    def _connect(self, name: str, user: str) -> None:
-        version = self._check() if self.path.exists() and self.path.stat().st_size else 0
+    def _connect(self, version: int, name: str, user: str) -> None:
         # SQLite says "unable to open database file" of a good memory on a
         # read-only disk, which read as damaged ("move it away").
         for where in ([self.path] if self.path.exists() else []) + [self.path.parent]:
