@@ -1,6 +1,7 @@
 """Settings of a training run (lora_finetune.py): `TrainConfig`, one field per
-flag with its reason, and `check_train_config`, the pure range check that
-refuses a bad flag in one line before anything is read or loaded.
+flag with its reason, `check_train_config`, the pure range check that
+refuses a bad flag in one line before anything is read or loaded, and
+`lora_placement`, where on the loaded model the LoRA layers go.
 """
 from __future__ import annotations
 
