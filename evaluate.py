@@ -45,7 +45,7 @@ def run(cfg: EvalConfig) -> int:
     from dataclasses import asdict
 
     from charlora.errors import quiet_libraries
-    from charlora.evaluate import evaluate, input_files, print_reports
+    from charlora.evaluate import check_json_target, evaluate, input_files, print_reports
 
     from charlora.files import check_outputs, write_json_atomic
 
@@ -54,6 +54,7 @@ def run(cfg: EvalConfig) -> int:
         # a bad --json path fails now, not after the whole evaluation; one naming
         # the held-out text or the adapter's config replaced it with the results
         check_outputs([cfg.json_out], input_files(cfg))
+        check_json_target(cfg.json_out)
     quiet_libraries(progress_bars=True)
     reports = evaluate(cfg, log=lambda message: print(message, file=sys.stderr))
     print_reports(reports, cfg.examples)

@@ -227,6 +227,24 @@ def input_files(cfg: EvalConfig) -> list[Path]:
     return files + [base / "config.json"] + (sorted(base.glob("*.safetensors")) if base.is_dir() else [])
 
 
+def check_json_target(path: str | Path) -> None:
+    """--json replaces only an earlier evaluate.py result (what write_json_atomic
+    writes of one starts `{ "reports":`): naming the training dataset, its
+    source text or an adapter's charlora_config.json replaced them, exit 0."""
+    import re
+
+    from charlora.errors import CharloraError
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not re.match(rb'\{\s*"reports"\s*:', head):
+        raise CharloraError(f"{path} exists and is not an evaluate.py result; --json replaces only those "
+                            "(choose another name)")
+
+
 def training_lines(adapter_dir: Path) -> list[str] | None:
     """Every line the adapter was trained from (its source file, else its replies), for the copying score."""
     import json

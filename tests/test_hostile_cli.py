@@ -721,6 +721,35 @@ def test_evaluate_json_onto_a_file_it_reads_is_refused_before_the_run(target, ti
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("target", ["training dataset", "adapter record", "any other file"])
+def test_evaluate_json_replaces_only_an_earlier_result(target, tiny, tmp_path, capsys):
+    """--json naming the adapter's training dataset, its charlora_config.json
+    (which the copying score reads) or any other file replaced it, exit 0."""
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "root")
+    root = tmp_path / "root"
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    dataset = tmp_path / "train.json"  # what the copying score reads through the adapter's record
+    dataset.write_text(json.dumps([{"input": "Alice:Hi.\nSir Toby:", "output": "Well met."}]))
+    record = root / "loras" / "bob" / "charlora_config.json"
+    record.write_text(json.dumps({"config": {"dataset_name": str(dataset)}}))
+    path = {"training dataset": dataset,
+            "adapter record": record, "any other file": tmp_path / "notes.json"}[target]
+    if target == "any other file":
+        path.write_text('{"mine": 1}')
+    before = path.read_bytes()
+    line = one_error(capsys, evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(path))))
+    assert line == f"error: {path} exists and is not an evaluate.py result; --json replaces only those (choose another name)"
+    assert path.read_bytes() == before
+    # an earlier result is replaced
+    result = tmp_path / "result.json"
+    assert evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(result))) == 0
+    assert evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(result))) == 0
+    assert list(json.loads(result.read_text())) == ["reports", "summary", "settings", "environment"]
+
+
 def evaluate_main(argv: list[str]) -> int:
     import evaluate
 
