@@ -59,6 +59,15 @@ Content-Length once this much was read (FastAPI's max_body_size on each POST
 route, which alone would answer the first kind in plain text)."""
 
 
+def utf8_header(value: str) -> str:
+    """A header value as its sender wrote it: HTTP headers are read as latin-1,
+    so raw UTF-8 bytes come out as mojibake; ASCII and real latin-1 stay as they are."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def make_app(engine: Engine):
     """The FastAPI app: /v1/models, /v1/chat/completions and /v1/completions on `engine`."""
     from fastapi import FastAPI
@@ -81,9 +90,15 @@ def make_app(engine: Engine):
         return stop_list(req.stop)
 
     def who(req: Sampling, request: Request) -> str:
-        # Open WebUI percent-encodes the name it forwards.
-        named = req.user or next((unquote(request.headers[h]) for h in USER_HEADERS if request.headers.get(h)), None)
-        return speaker(named, "user") if named else c.defaults.user
+        # Open WebUI percent-encodes the name it forwards; other clients send raw
+        # UTF-8, which the server reads as latin-1 ("Zoë" arrived as "ZoÃ«").
+        named = req.user or next((unquote(utf8_header(request.headers[h])) for h in USER_HEADERS
+                                  if request.headers.get(h)), None)
+        user = speaker(named, "user") if named else c.defaults.user
+        if user == c.name:  # it read as "the last message must be the user's"
+            raise ApiError(400, f"the user is named {user!r}, as the character is: give the user a name of their own",
+                           "user")
+        return user
 
     @app.post("/v1/chat/completions", max_body_size=MAX_BODY_BYTES)
     async def chat(req: ChatRequest, request: Request):

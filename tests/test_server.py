@@ -154,7 +154,9 @@ def client(served):
 
 
 def turns(root: Path, user: str) -> list[tuple[str, str]]:
-    path = root / "memory" / f"Bob--{user}.sqlite"
+    from charlora.memory import memory_file
+
+    path = memory_file(root / "memory", "Bob", user)
     if not path.exists():
         return []
     with sqlite3.connect(path) as db:
@@ -221,6 +223,23 @@ def test_memory_keeps_each_users_turns(client, served):
     client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "Hello"}],
                                    extra_headers={"X-Charlora-User": "Zed"})
     assert [s for s, _ in turns(root, "Zed")][0] == "Zed"
+
+
+def test_a_raw_utf8_user_header_is_read_as_utf8_and_the_characters_name_is_refused(served):
+    """A header "X-Charlora-User: Zoë" sent as raw UTF-8 read as latin-1 ("ZoÃ«", a 400);
+    a user named as the character got "the last message must be the user's"."""
+    from charlora.server import utf8_header
+
+    assert [utf8_header(v) for v in ("Zo\u00c3\u00ab", "Zo\u00eb", "Ann")] == ["Zo\u00eb", "Zo\u00eb", "Ann"]
+    hello = [{"role": "user", "content": "Hello"}]
+    r = post(served, {"model": "llama", "messages": hello, "max_tokens": 2},
+             headers={"X-Charlora-User": "Zo\u00eb".encode("utf-8")})
+    assert r.status_code == 200, r.text
+    assert turns(served[1], "Zo\u00eb")[0] == ("Zo\u00eb", "Hello")
+    r = post(served, {"model": "llama", "messages": hello, "max_tokens": 2, "user": "Bob"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "the user is named 'Bob', as the character is: give the user a name of their own"
+    assert r.json()["error"]["param"] == "user"
 
 
 def test_a_new_conversation_seeds_memory_with_its_newest_lines_only(served):
