@@ -170,16 +170,20 @@ class Report:
                    sum(repeats_ngram(g.reply) for g in gens), copied, **extra)
 
     def row(self) -> str:
-        n = max(1, self.generated)
+        """One line of the table; "-" where nothing was measured (no other
+        speaker, no reply generated), as the summary says "not measured"."""
+        n = self.generated
         extra = (f"{self.specificity:>+8.3f} {self.attribution_auc:>6.3f}" if self.specificity is not None
                  else f"{'':>8} {'':>6}")
-        copied = f"{100 * self.copied / n:>5.0f}%" if self.copied is not None else f"{'?':>6}"
-        return (f"{self.label:<14} {self.character_loss:>9.3f} {self.others_loss:>10.3f} "
+        copied = f"{'-' if not n else '?':>6}" if self.copied is None or not n else f"{100 * self.copied / n:>5.0f}%"
+        repeated = f"{100 * self.repeated / n:>5.0f}%" if n else f"{'-':>6}"
+        others = f"{self.others_loss:>10.3f}" if not math.isnan(self.others_loss) else f"{'-':>10}"
+        return (f"{self.label:<14} {self.character_loss:>9.3f} {others} "
                 f"{self.clean_ends:>6}/{self.generated:<3} {self.ended_by_eos:>6}/{self.generated:<3}"
-                f"{self.spoke_for_other:>6}/{self.generated:<3} {100 * self.repeated / n:>5.0f}% {copied} {extra}")
+                f"{self.spoke_for_other:>6}/{self.generated:<3} {repeated} {copied} {extra}")
 
 
-HEADER = (f"{'model':<14} {'char loss':>9} {'other loss':>10} {'clean ends':>10} {'EOS':>10} {'for other':>9} "
+HEADER = (f"{'model':<14} {'char loss':>9} {'other loss':>10} {'clean ends':>10} {'EOS ends':>10} {'other spk':>9} "
           f"{'rep4':>6} {'copy8':>6} {'specif.':>8} {'AUC':>6}")
 
 

@@ -83,3 +83,19 @@ def test_batched_greedy_replies_equal_one_at_a_time(models_dir):
     single = [greedy_replies(model, tok, [s], "Bob", SPEAKERS, max_new_tokens=12, batch_size=1)[0] for s in samples]
     assert batched == single
     assert tok.padding_side == "right"  # restored
+
+
+def test_the_table_says_not_measured_where_nothing_was():
+    """It printed "nan" for the others' loss when no other speaker spoke, and
+    "0%" repeats and copies of 0 replies, where the summary said "not measured"."""
+    import math
+
+    from charlora.evaluate import HEADER, Report
+
+    assert HEADER.split() == ["model", "char", "loss", "other", "loss", "clean", "ends", "EOS", "ends", "other",
+                              "spk", "rep4", "copy8", "specif.", "AUC"]
+    assert Report("base", 4.4, math.nan, 0, 0, 0, [], 0, 0, None).row().split() == [
+        "base", "4.400", "-", "0/0", "0/0", "0/0", "-", "-"]
+    assert Report("adapter", 4.07, 4.21, 39, 1, 40, [], 38, 2, 0, specificity=-0.018,
+                  attribution_auc=0.55).row().split() == [
+        "adapter", "4.070", "4.210", "38/40", "39/40", "1/40", "5%", "0%", "-0.018", "0.550"]
