@@ -289,7 +289,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> list[Report
     if cfg.train_dataset:
         train_missing(cfg, log)
     names = adapter_names(cfg)
-    paths = [find_adapter(models.resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
+    try:
+        paths = [find_adapter(models.resolve_dir(cfg.loras_dir, "loras")[0], name) for name, _ in names]
+    except CharloraError as exc:
+        if not cfg.seeds or cfg.train_dataset:
+            raise
+        raise CharloraError(f"{exc}; with --seeds, -d DATASET trains the seeds that are missing") from None
     check_adapters_fit(paths, model_path, cfg.trust_remote_code)
     model, tokenizer, _ = load_with_adapters(cfg, [], None, log)
 

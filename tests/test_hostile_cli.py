@@ -750,6 +750,19 @@ def test_evaluate_json_replaces_only_an_earlier_result(target, tiny, tmp_path, c
     assert list(json.loads(result.read_text())) == ["reports", "summary", "settings", "environment"]
 
 
+def test_evaluate_seeds_with_one_missing_names_the_flag_that_trains_it(tiny, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(tiny, tmp_path / "root")
+    root = tmp_path / "root"
+    shutil.copytree(root / "loras" / "bob", root / "loras" / "bob-seed1")
+    text = tmp_path / "held.txt"
+    text.write_text(HELD_OUT)
+    line = one_error(capsys, evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--seeds", "2")))
+    assert line.startswith(f"error: adapter {root / 'loras' / 'bob-seed2'} not found")
+    assert line.endswith("; with --seeds, -d DATASET trains the seeds that are missing")
+
+
 def evaluate_main(argv: list[str]) -> int:
     import evaluate
 
