@@ -64,7 +64,9 @@ def run(cfg: EvalConfig) -> int:
 
         summ = summary(reports) if len(reports) > 1 else {}
         write_json_atomic({"reports": [asdict(r) for r in reports],
-                           "summary": {k: {"mean": m, "sd": sd} for k, (m, sd) in summ.items()},
+                           # one adapter has no spread: null, not the 0.0 mean_sd gives it
+                           "summary": {k: {"mean": m, "sd": sd if len(reports) > 2 else None}
+                                       for k, (m, sd) in summ.items()},
                            "settings": asdict(cfg), "environment": environment()}, cfg.json_out)
     return 0
 

@@ -747,7 +747,9 @@ def test_evaluate_json_replaces_only_an_earlier_result(target, tiny, tmp_path, c
     result = tmp_path / "result.json"
     assert evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(result))) == 0
     assert evaluate_main(eval_args(root, text, "-n", "Sir Toby", "-l", "bob", "--json", str(result))) == 0
-    assert list(json.loads(result.read_text())) == ["reports", "summary", "settings", "environment"]
+    written = json.loads(result.read_text())
+    assert list(written) == ["reports", "summary", "settings", "environment"]
+    assert written["summary"]["character_loss_change"]["sd"] is None  # one adapter: no spread (was 0.0)
 
 
 def test_evaluate_seeds_with_one_missing_names_the_flag_that_trains_it(tiny, tmp_path, capsys):
