@@ -6,6 +6,7 @@ refuses a bad flag in one line before anything is read or loaded, and
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +303,12 @@ def lora_placement(model: Any, target_modules: Any, lora_layers: int) -> dict[st
                                 f"its linear layers are {', '.join(linear)}")
     if not lora_layers:
         return {"target_modules": target_modules}
+    if isinstance(target_modules, list):  # PEFT put LoRA on lm_head as if no layer list were given
+        outside = [m for m in target_modules if any((n == m or n.endswith(f".{m}")) and not re.search(r"\.\d+\.", n)
+                                                    for n in names)]
+        if outside:
+            raise CharloraError(f"--lora_layers puts LoRA in the last blocks, and {', '.join(outside)} is outside "
+                                "them; leave it out of --target_modules or drop --lora_layers")
     blocks = model.config.get_text_config().num_hidden_layers
     if target_modules == "all-linear":  # PEFT's rule: every linear layer but the output head
         target_modules = linear

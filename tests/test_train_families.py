@@ -186,6 +186,11 @@ def test_below_the_lora_layers_nothing_needs_a_gradient(models_dir):
         lora_placement(AutoModelForCausalLM.from_pretrained(models_dir / "llama"), ["q_proj", "nosuch", "self_attn.v_proj"], 0)
     assert str(err.value) == ("--target_modules: this model has no module 'nosuch'; its linear layers are "
                               "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
+    # lm_head is no block's: PEFT put LoRA on it anyway and the record said layers_to_transform
+    with pytest.raises(CharloraError) as err:
+        lora_placement(AutoModelForCausalLM.from_pretrained(models_dir / "llama"), ["q_proj", "lm_head"], 1)
+    assert str(err.value) == ("--lora_layers puts LoRA in the last blocks, and lm_head is outside them; leave it out "
+                              "of --target_modules or drop --lora_layers")
 
 
 def test_overwrite_replaces_existing_adapter_only_after_training(models_dir, tiny_dataset, tmp_path, capsys):
