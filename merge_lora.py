@@ -54,7 +54,6 @@ def merge(args: argparse.Namespace) -> Path:
         if (why := write_failure(exc)) is None:
             raise
         raise CharloraError(f"could not write {out} ({why}); nothing was left there") from None
-    files.ordinary_modes(out)  # safetensors writes 0600
     return out
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from charlora.errors import CharloraError
+from charlora.files import ordinary_modes
 
 if TYPE_CHECKING:
     from charlora.config import LoadConfig
@@ -235,9 +236,8 @@ def write_character(path: Path, card: dict[str, str]) -> None:
 
 
 def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> None:
-    """Fold the adapter into a 16-bit copy of the base weights and save a full
-    model folder (a quantized base can't be merged exactly, so the base is
-    always reloaded unquantized here)."""
+    """Fold the adapter into a 16-bit copy of the base weights, saved as a full model folder
+    (a quantized base can't be merged exactly, so the base is always reloaded unquantized here)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -248,6 +248,7 @@ def merge_into_model(base_path: Path, adapter_dir: Path, out: Path, dtype) -> No
     try:
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
+        ordinary_modes(tmp)  # safetensors writes 0600: a webui running as another user could not read it
         tmp.rename(out)
     except BaseException:  # disk full, Ctrl-C: a model-sized half folder is not left in models/
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,8 +330,7 @@ def check_adapter_fits(adapter: Path, model: Any, model_name: str) -> None:
     """Refuse an adapter made for another base model, before PEFT fails on it.
 
     Compares every lora_A / lora_B tensor with the layer it wraps (`model` may be
-    on the meta device); the usual cause, another model size, is named by its hidden size.
-    """
+    on the meta device); the usual cause, another model size, is named by its hidden size."""
     shapes = _adapter_shapes(adapter)
     if shapes is None:
         return

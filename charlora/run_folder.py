@@ -170,7 +170,6 @@ def export_extras(cfg: TrainConfig, plan: Plan, dtype: Any, card: dict) -> list[
                             *(["--loras_dir", cfg.loras_dir] if cfg.loras_dir else [])])
         try:
             adapter.merge_into_model(plan.model_path, plan.dest, plan.merge_dest, dtype)
-            files.ordinary_modes(plan.merge_dest)  # safetensors writes 0600
         except KeyboardInterrupt:
             raise Interrupted(f"stopped during the merge: the adapter is saved in {plan.dest}, the merged model "
                               f"{plan.merge_dest} was not written; merge it with: {later}") from None
