@@ -289,29 +289,34 @@ def lora_placement(model: Any, target_modules: Any, lora_layers: int) -> dict[st
     """LoraConfig's target_modules (and layers_to_transform for --lora_layers N:
     the last N blocks; PEFT takes a layer list only with module names, so
     'all-linear' is spelled out as the blocks' linear layers' names)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+    modules = dict(model.named_modules())
 
-    head = model.get_output_embeddings()
-    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
+    def named(target: str) -> list[str]:  # the modules PEFT matches to a target_modules entry
+        return [n for n in modules if n == target or n.endswith(f".{target}")]
+
+    def linear() -> list[str]:  # PEFT's "all-linear": every linear layer but the output head
+        import torch
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+        head = model.get_output_embeddings()
+        return sorted({n.rsplit(".", 1)[-1] for n, m in modules.items()
+                       if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head})
+
     if isinstance(target_modules, list):  # PEFT trains if any one name matches: a misspelled one went unnoticed
-        names = [name for name, _ in model.named_modules()]
-        unknown = [m for m in target_modules if not any(n == m or n.endswith(f".{m}") for n in names)]
+        unknown = [m for m in target_modules if not named(m)]
         if unknown:
             raise CharloraError(f"--target_modules: this model has no module {', '.join(map(repr, unknown))}; "
-                                f"its linear layers are {', '.join(linear)}")
+                                f"its linear layers are {', '.join(linear())}")
     if not lora_layers:
         return {"target_modules": target_modules}
     if isinstance(target_modules, list):  # PEFT put LoRA on lm_head as if no layer list were given
-        outside = [m for m in target_modules if any((n == m or n.endswith(f".{m}")) and not re.search(r"\.\d+\.", n)
-                                                    for n in names)]
+        outside = [m for m in target_modules if any(not re.search(r"\.\d+\.", n) for n in named(m))]
         if outside:
             raise CharloraError(f"--lora_layers puts LoRA in the last blocks, and {', '.join(outside)} is outside "
                                 "them; leave it out of --target_modules or drop --lora_layers")
     blocks = model.config.get_text_config().num_hidden_layers
-    if target_modules == "all-linear":  # PEFT's rule: every linear layer but the output head
-        target_modules = linear
+    if target_modules == "all-linear":
+        target_modules = linear()
     if not target_modules:
         raise CharloraError("--lora_layers needs --target_modules 'all-linear' or a list of module names")
     return {"target_modules": target_modules, "layers_to_transform": list(range(max(0, blocks - lora_layers), blocks))}
